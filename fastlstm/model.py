@@ -1,0 +1,173 @@
+"""The language model: loading a file, and the forward pass over token ids."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from fastlstm import _rnn
+from fastlstm.config import ModelConfig
+from fastlstm.pack import input_table, pack_layers
+from fastlstm.threads import resolve_num_threads
+from fastlstm.weights import ModelWeights, read_model_file
+
+# State in PyTorch's layout: LSTM (h, c), GRU/RNN h; h (num_layers, batch, out), c (..., hidden).
+State = "np.ndarray | tuple[np.ndarray, np.ndarray]"
+
+
+def load(path: str | os.PathLike, *, rnn_type: str | None = None,
+         num_threads: int | None = None) -> Model:
+    """Load a model from a safetensors file.
+
+    Args:
+        path: a fastlstm file (from `fastlstm.export`), or a PyTorch state_dict saved with
+            `safetensors.torch.save_file` / `save_model`, whatever its module prefixes.
+        rnn_type: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU", for files whose shapes and
+            metadata cannot tell (plain RNN weights without metadata); must agree with both.
+        num_threads: threads per call; None uses OMP_NUM_THREADS or all usable cores.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: the file is not a valid model; the message says what is wrong.
+    """
+    weights, metadata, dtype = read_model_file(path, rnn_type)
+    tokenizer = None
+    if "tokenizer" in metadata:
+        from fastlstm.tokenizers import tokenizer_from_json
+
+        try:
+            tokenizer = tokenizer_from_json(metadata["tokenizer"])
+        except ValueError as e:
+            raise ValueError(f"{os.fspath(path)}: bad tokenizer metadata: {e}") from None
+        if tokenizer.vocab_size != weights.config.vocab_size:
+            raise ValueError(f"{os.fspath(path)}: the tokenizer has {tokenizer.vocab_size} "
+                             f"tokens but the model's vocabulary is {weights.config.vocab_size}")
+    return Model(weights, tokenizer=tokenizer, num_threads=num_threads, dtype=dtype,
+                 path=os.fspath(path))
+
+
+class Model:
+    """An `Embedding -> LSTM/GRU/RNN -> Linear` language model, ready to run.
+
+    Build it with `fastlstm.load`.  Weights are packed once here; every call allocates its
+    outputs and runs the whole stack in one nogil kernel.
+    """
+
+    def __init__(self, weights: ModelWeights, *, tokenizer=None, num_threads: int | None = None,
+                 dtype: str = "float32", path: str | None = None):
+        self.config: ModelConfig = weights.config
+        self.tokenizer = tokenizer
+        self.num_threads = resolve_num_threads(num_threads)
+        self.dtype = dtype
+        self.path = path
+        self._embedding = np.ascontiguousarray(weights.embedding, dtype=np.float32)  # (V, E)
+        self._layers = pack_layers(weights.recurrent)
+        self._head_weight = np.ascontiguousarray(weights.head_weight, dtype=np.float32)  # (V, out)
+        self._head_bias = (None if weights.head_bias is None
+                           else np.ascontiguousarray(weights.head_bias, dtype=np.float32))  # (V,)
+        # Layer 0's input projections for every token, when that costs at most as many floats
+        # as the model already has.
+        self._table = input_table(self._embedding, self._layers[0], self.config.num_parameters)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of weights the kernels read (the lookup table included)."""
+        arrays = [self._embedding, self._head_weight, self._head_bias, self._table]
+        for layer in self._layers:
+            arrays += [layer.w_ih, layer.w_hh, layer.bias_x, layer.bias_hn, layer.w_hr]
+        unique = {id(a): a for a in arrays if a is not None}
+        return sum(a.nbytes for a in unique.values())
+
+    def __repr__(self) -> str:
+        c = self.config
+        proj = f", proj_size={c.proj_size}" if c.proj_size else ""
+        tied = ", tied" if c.tied else ""
+        return (f"Model({c.rnn_type}, layers={c.num_layers}, vocab={c.vocab_size}, "
+                f"embedding={c.embedding_dim}, hidden={c.hidden_size}{proj}{tied}, "
+                f"params={c.num_parameters:,}, dtype={self.dtype})")
+
+    # -- state ------------------------------------------------------------------------------
+
+    def initial_state(self, batch_size: int = 1) -> State:
+        """Zeros, in PyTorch's layout: LSTM (h, c), GRU/RNN h; (num_layers, batch, size)."""
+        c = self.config
+        h, cell = state_buffers(None, c.rnn_type, c.num_layers, batch_size, c.output_size,
+                                c.hidden_size)
+        return (h, cell) if cell is not None else h
+
+    # -- forward ----------------------------------------------------------------------------
+
+    def forward(self, ids, state: State | None = None) -> tuple[np.ndarray, State]:
+        """Run the model over token ids.
+
+        Args:
+            ids: ints of shape (batch, steps), or (steps,) for a batch of one.
+            state: the state returned by a previous call, to continue those sequences;
+                None starts from zeros.
+
+        Returns:
+            (logits, state): logits float32 (batch, steps, vocab); the final state, which
+            continues exactly where these ids end.
+        """
+        ids = self._check_ids(ids)
+        batch, steps = ids.shape
+        cfg = self.config
+        h, c = state_buffers(state, cfg.rnn_type, cfg.num_layers, batch, cfg.output_size,
+                             cfg.hidden_size)
+        logits = np.empty((batch, steps, self.config.vocab_size), np.float32)
+        source = {"table": self._table} if self._table is not None else {"emb": self._embedding}
+        _rnn.forward(self.config.rnn_type, self._layers, h=h, c=c, ids=ids, **source,
+                     logits=logits, head_w=self._head_weight, head_b=self._head_bias,
+                     num_threads=self.num_threads)
+        return logits, ((h, c) if c is not None else h)
+
+    def _check_ids(self, ids) -> np.ndarray:
+        """ids as a C-contiguous int64 (batch, steps) array, every id in [0, vocab)."""
+        try:
+            array = np.asarray(ids)
+        except ValueError:
+            raise ValueError("ids must be a rectangular array of integers (rows of equal length)") from None
+        if array.dtype.kind not in "iu" or array.ndim not in (1, 2):
+            raise ValueError(f"ids must be integers of shape (batch, steps) or (steps,); got "
+                             f"dtype {array.dtype} and shape {array.shape}")
+        if array.ndim == 1:
+            array = array[None, :]
+        if array.size == 0:
+            raise ValueError(f"ids must hold at least one token per row; got shape {array.shape}")
+        V = self.config.vocab_size
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= V:
+            bad = low if low < 0 else high
+            raise ValueError(f"token id {bad} is out of range for a vocabulary of {V} (0..{V - 1})")
+        return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def state_buffers(state, rnn_type: str, num_layers: int, batch: int, out_size: int,
+                  hidden: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Check a user's state against PyTorch's layout and copy it into fresh float32 buffers
+    (h (num_layers, batch, out_size), c (num_layers, batch, hidden) for LSTM, else None)."""
+    h_shape, c_shape = (num_layers, batch, out_size), (num_layers, batch, hidden)
+    lstm = rnn_type == "LSTM"
+    if state is None:
+        return np.zeros(h_shape, np.float32), np.zeros(c_shape, np.float32) if lstm else None
+    if lstm:
+        if not (isinstance(state, (tuple, list)) and len(state) == 2):
+            raise ValueError("an LSTM state is a pair (h, c)")
+        parts = (("h", state[0], h_shape), ("c", state[1], c_shape))
+    else:
+        if isinstance(state, (tuple, list)):
+            raise ValueError(f"a {rnn_type} state is one array h, not a tuple")
+        parts = (("h", state, h_shape),)
+    buffers = []
+    for name, value, shape in parts:
+        array = np.asarray(value)
+        if array.dtype.kind != "f":
+            raise ValueError(f"state {name} must be floating point, got dtype {array.dtype}")
+        if array.shape != shape:
+            raise ValueError(f"state {name} has shape {array.shape}, expected {shape} "
+                             "(num_layers, batch, size)")
+        if not np.isfinite(array).all():
+            raise ValueError(f"state {name} contains NaN or Inf")
+        buffers.append(np.array(array, dtype=np.float32, order="C"))  # a copy: never mutate input
+    return buffers[0], buffers[1] if lstm else None
