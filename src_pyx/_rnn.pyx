@@ -17,35 +17,17 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
 from blas cimport matmul_wt
-from cells cimport lstm_step, gru_step, rnn_step
+from stack cimport (Layer, cell_code, float_ptr, gates_of, input_projection, layer_step,
+                   layers_from_packed)
 
 cimport openmp
 
 import numpy as np
 
-cdef enum Cell:
-    CELL_LSTM = 0
-    CELL_GRU = 1
-    CELL_RNN_TANH = 2
-    CELL_RNN_RELU = 3
-
-CELL_CODES = {"LSTM": CELL_LSTM, "GRU": CELL_GRU, "RNN_TANH": CELL_RNN_TANH, "RNN_RELU": CELL_RNN_RELU}
-
 # Rows (time steps x batch rows) per input-projection GEMM: large enough for BLAS to run at
 # full speed, small enough that a thread's scratch stays a few MB.
 cdef enum:
     ROWS_PER_CHUNK = 256
-
-
-cdef struct Layer:
-    const float *w_ih      # (gates*hidden, in_size)   PyTorch gate order
-    const float *w_hh      # (gates*hidden, out_size)
-    const float *bias_x    # (gates*hidden,)  b_ih + b_hh (GRU: without b_hh's n part)
-    const float *bias_hn   # (hidden,)  GRU only: b_hh's n part; NULL otherwise
-    const float *w_hr      # (out_size, hidden)  LSTM projection; NULL without proj_size
-    int in_size
-    int hidden
-    int out_size
 
 
 cdef struct Job:
@@ -67,20 +49,12 @@ cdef struct Job:
     float *c               # (num_layers, batch, hidden)   LSTM only
 
 
-cdef inline int gates_of(int cell) noexcept nogil:
-    if cell == CELL_LSTM:
-        return 4
-    if cell == CELL_GRU:
-        return 3
-    return 1
-
-
 cdef int run_rows(const Job *job, int b0, int b1) noexcept nogil:
     """Run the whole stack over all time steps for batch rows [b0, b1).  Returns 0, or -1 if
     the scratch could not be allocated."""
     cdef int nb = b1 - b0
     cdef int T = job.steps, G = gates_of(job.cell)
-    cdef int l, s, r, t0, tc, width = 0, gw = 0
+    cdef int l, s, r, t0, tc, width = 0, gw = 0, hid = 0
     cdef int chunk = ROWS_PER_CHUNK // nb if nb < ROWS_PER_CHUNK else 1
     cdef const Layer *L
     cdef float *inp
@@ -89,10 +63,8 @@ cdef int run_rows(const Job *job, int b0, int b1) noexcept nogil:
     cdef float *xw
     cdef float *hw
     cdef float *hfull
-    cdef const float *h_prev
     cdef float *h_state
     cdef float *c_state
-    cdef float *h_new
     cdef int64_t token
 
     if chunk > T:
@@ -101,6 +73,7 @@ cdef int run_rows(const Job *job, int b0, int b1) noexcept nogil:
         L = &job.layers[l]
         width = max(width, max(L.in_size, L.out_size))
         gw = max(gw, G * L.hidden)
+        hid = max(hid, L.hidden)
 
     # Time-major scratch: row (s, r) of a chunk is step t0+s of batch row b0+r, so all rows of
     # one step are contiguous and h_prev for step s is simply out[s-1].
@@ -108,7 +81,7 @@ cdef int run_rows(const Job *job, int b0, int b1) noexcept nogil:
     out = <float *> malloc(<size_t> chunk * nb * width * sizeof(float))
     xw = <float *> malloc(<size_t> chunk * nb * gw * sizeof(float))
     hw = <float *> malloc(<size_t> nb * gw * sizeof(float))
-    hfull = <float *> malloc(<size_t> nb * width * sizeof(float))
+    hfull = <float *> malloc(<size_t> nb * hid * sizeof(float))
     if inp == NULL or out == NULL or xw == NULL or hw == NULL or hfull == NULL:
         free(inp); free(out); free(xw); free(hw); free(hfull)
         return -1
@@ -142,31 +115,12 @@ cdef int run_rows(const Job *job, int b0, int b1) noexcept nogil:
 
             # xw := inp . W_ih^T + bias_x, one GEMM for the whole chunk.
             if not (l == 0 and job.table != NULL):
-                for r in range(tc * nb):
-                    memcpy(xw + <size_t> r * G * L.hidden, L.bias_x, G * L.hidden * sizeof(float))
-                matmul_wt(tc * nb, G * L.hidden, L.in_size, inp, L.in_size, L.w_ih, 1.0,
-                          xw, G * L.hidden)
-
+                input_projection(L, G, tc * nb, inp, xw)
             for s in range(tc):
-                h_prev = h_state if s == 0 else out + <size_t> (s - 1) * nb * L.out_size
-                h_new = out + <size_t> s * nb * L.out_size
-                # hw := h_prev . W_hh^T
-                matmul_wt(nb, G * L.hidden, L.out_size, h_prev, L.out_size, L.w_hh, 0.0,
-                          hw, G * L.hidden)
-                if job.cell == CELL_LSTM:
-                    if L.w_hr != NULL:
-                        lstm_step(nb, L.hidden, xw + <size_t> s * nb * G * L.hidden, hw, c_state, hfull)
-                        # h = W_hr (o * tanh(c))
-                        matmul_wt(nb, L.out_size, L.hidden, hfull, L.hidden, L.w_hr, 0.0,
-                                  h_new, L.out_size)
-                    else:
-                        lstm_step(nb, L.hidden, xw + <size_t> s * nb * G * L.hidden, hw, c_state, h_new)
-                elif job.cell == CELL_GRU:
-                    gru_step(nb, L.hidden, xw + <size_t> s * nb * G * L.hidden, hw, L.bias_hn,
-                             h_prev, h_new)
-                else:
-                    rnn_step(nb, L.hidden, xw + <size_t> s * nb * L.hidden, hw,
-                             job.cell == CELL_RNN_RELU, h_new)
+                # h_prev of step s is out[s-1], contiguous thanks to the time-major layout.
+                layer_step(job.cell, L, nb, xw + <size_t> s * nb * G * L.hidden,
+                           h_state if s == 0 else out + <size_t> (s - 1) * nb * L.out_size,
+                           out + <size_t> s * nb * L.out_size, c_state, hw, hfull)
             memcpy(h_state, out + <size_t> (tc - 1) * nb * L.out_size,
                    <size_t> nb * L.out_size * sizeof(float))
             tmp = inp
@@ -186,7 +140,7 @@ cdef int run_rows(const Job *job, int b0, int b1) noexcept nogil:
                 matmul_wt(nb, job.vocab, L.out_size, inp + <size_t> s * nb * L.out_size,
                           L.out_size, job.head_w, 1.0 if job.head_b != NULL else 0.0,
                           job.logits + (<size_t> b0 * T + t0 + s) * job.vocab, T * job.vocab)
-            else:
+            elif job.y != NULL:
                 for r in range(nb):
                     memcpy(job.y + (<size_t> (b0 + r) * T + t0 + s) * L.out_size,
                            inp + (<size_t> s * nb + r) * L.out_size, L.out_size * sizeof(float))
@@ -194,19 +148,6 @@ cdef int run_rows(const Job *job, int b0, int b1) noexcept nogil:
 
     free(inp); free(out); free(xw); free(hw); free(hfull)
     return 0
-
-
-cdef const float *float_ptr(object array, str name, bint optional=False) except? NULL:
-    if array is None:
-        if optional:
-            return NULL
-        raise ValueError(f"{name} is required")
-    if array.dtype != np.float32 or not array.flags.c_contiguous:
-        raise ValueError(f"{name} must be a C-contiguous float32 array")
-    cdef const float[::1] flat = array.reshape(-1)
-    if flat.shape[0] == 0:
-        raise ValueError(f"{name} is empty")
-    return &flat[0]
 
 
 def max_threads():
@@ -221,7 +162,7 @@ def forward(str rnn_type, list layers, *, h, c=None, x=None, ids=None, emb=None,
     The input is `x` (batch, steps, in0) float32, or `ids` (batch, steps) int64 with `emb`
     (vocab, in0) or with `table` (vocab, gates*hidden0).  The output goes to `y` (batch, steps,
     out_last), or through `head_w` (vocab, out_last) and `head_b` (vocab,) into `logits`
-    (batch, steps, vocab).  `h` (num_layers, batch, out) and `c` (num_layers, batch, hidden)
+    (batch, steps, vocab); with neither, only the state is computed (a prompt's prefill).  `h` (num_layers, batch, out) and `c` (num_layers, batch, hidden)
     hold the initial state and receive the final one.  All arrays C-contiguous; every shape
     was checked by the caller.
     """
@@ -229,9 +170,7 @@ def forward(str rnn_type, list layers, *, h, c=None, x=None, ids=None, emb=None,
     cdef int n = len(layers), i, tid, nthreads, per, extra, failed = 0
     cdef int[::1] status
     cdef const int64_t[:, ::1] ids_view
-    if n == 0:
-        raise ValueError("no layers")
-    job.cell = CELL_CODES[rnn_type]
+    job.cell = cell_code(rnn_type)
     job.num_layers = n
     job.h = <float *> float_ptr(h, "h")
     job.c = <float *> float_ptr(c, "c", True)
@@ -251,20 +190,8 @@ def forward(str rnn_type, list layers, *, h, c=None, x=None, ids=None, emb=None,
         job.batch, job.steps = x.shape[0], x.shape[1]
     job.vocab = head_w.shape[0] if head_w is not None else 0
 
-    job.layers = <Layer *> malloc(n * sizeof(Layer))
-    if job.layers == NULL:
-        raise MemoryError()
+    job.layers = layers_from_packed(layers)
     try:
-        for i, layer in enumerate(layers):
-            job.layers[i].w_ih = float_ptr(layer.w_ih, "w_ih")
-            job.layers[i].w_hh = float_ptr(layer.w_hh, "w_hh")
-            job.layers[i].bias_x = float_ptr(layer.bias_x, "bias_x")
-            job.layers[i].bias_hn = float_ptr(layer.bias_hn, "bias_hn", True)
-            job.layers[i].w_hr = float_ptr(layer.w_hr, "w_hr", True)
-            job.layers[i].in_size = layer.w_ih.shape[1]
-            job.layers[i].hidden = layer.hidden_size
-            job.layers[i].out_size = layer.w_hh.shape[1]
-
         nthreads = max(1, min(num_threads, job.batch))
         status = np.zeros(nthreads, dtype=np.intc)
         per = job.batch // nthreads
