@@ -7,7 +7,9 @@ import os
 import numpy as np
 
 from fastlstm import _rnn
+from fastlstm import generation
 from fastlstm.config import ModelConfig
+from fastlstm.sampling import GenerationParams
 from fastlstm.pack import input_table, pack_layers
 from fastlstm.threads import resolve_num_threads
 from fastlstm.weights import ModelWeights, read_model_file
@@ -16,13 +18,17 @@ from fastlstm.weights import ModelWeights, read_model_file
 State = "np.ndarray | tuple[np.ndarray, np.ndarray]"
 
 
-def load(path: str | os.PathLike, *, rnn_type: str | None = None,
+BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "data", "shakespeare_char_lstm.safetensors")
+
+
+def load(path: str | os.PathLike | None = None, *, rnn_type: str | None = None,
          num_threads: int | None = None) -> Model:
-    """Load a model from a safetensors file.
+    """Load a model from a safetensors file (no path: the bundled Shakespeare char-LSTM).
 
     Args:
-        path: a fastlstm file (from `fastlstm.export`), or a PyTorch state_dict saved with
-            `safetensors.torch.save_file` / `save_model`, whatever its module prefixes.
+        path: a fastlstm file (from `fastlstm.export` or `fastlstm train`), or a PyTorch
+            state_dict saved with `safetensors.torch.save_file` / `save_model`, whatever its
+            module prefixes.  None loads the model that ships with fastlstm.
         rnn_type: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU", for files whose shapes and
             metadata cannot tell (plain RNN weights without metadata); must agree with both.
         num_threads: threads per call; None uses OMP_NUM_THREADS or all usable cores.
@@ -31,6 +37,8 @@ def load(path: str | os.PathLike, *, rnn_type: str | None = None,
         FileNotFoundError: no file at `path`.
         ValueError: the file is not a valid model; the message says what is wrong.
     """
+    if path is None:
+        path = BUNDLED_MODEL
     weights, metadata, dtype = read_model_file(path, rnn_type)
     tokenizer = None
     if "tokenizer" in metadata:
@@ -121,6 +129,44 @@ class Model:
                      logits=logits, head_w=self._head_weight, head_b=self._head_bias,
                      num_threads=self.num_threads)
         return logits, ((h, c) if c is not None else h)
+
+    # -- generation -------------------------------------------------------------------------
+
+    def generate(self, prompt: str | list[str], **params) -> str | list[str]:
+        """Continue text prompts.
+
+        A str gives a str; a list of str gives a list (num_return_sequences per prompt, in
+        order), all prompts in one batched run, of any lengths.  The result is the new text
+        only: `prompt + result` reads as one text.  Parameters are `GenerationParams`'
+        (Hugging Face names): max_new_tokens, temperature (0 = greedy), top_k, top_p, min_p,
+        repetition_penalty, stop, eos_token_id, seed, num_return_sequences.
+
+            >>> model.generate("ROMEO:", max_new_tokens=50, temperature=0.8, seed=1)
+        """
+        params = GenerationParams(**params)
+        if isinstance(prompt, str):
+            texts = generation.generate_text(self, [prompt], params)
+            return texts[0] if params.num_return_sequences == 1 else texts
+        if not isinstance(prompt, (list, tuple)):
+            raise ValueError(f"prompt must be a str or a list of str, got {type(prompt).__name__}")
+        return generation.generate_text(self, list(prompt), params)
+
+    def generate_ids(self, ids, **params) -> np.ndarray:
+        """Continue token-id prompts: an int array (batch, steps) or a list of lists (any lengths).
+
+        Returns int64 (batch * num_return_sequences, max_new_tokens): row p * n + j is prompt
+        p's j-th sample.  A sequence that stops early (an eos id or a stop string, which are
+        included) is followed by -1 up to max_new_tokens.
+        """
+        return generation.generate_ids(self, ids, GenerationParams(**params))
+
+    def stream(self, prompt: str, **params):
+        """Continue one text prompt, yielding pieces of text as they are generated.
+
+        Same parameters as `generate` (num_return_sequences must be 1).  Breaking out of the
+        loop stops the generation; nothing keeps running.
+        """
+        return generation.stream_text(self, prompt, GenerationParams(**params))
 
     def _check_ids(self, ids) -> np.ndarray:
         """ids as a C-contiguous int64 (batch, steps) array, every id in [0, vocab)."""

@@ -14,13 +14,15 @@ returns silently wrong ids.
 
 from __future__ import annotations
 
+import codecs
 import json
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 __all__ = [
     "ByteTokenizer",
     "CharTokenizer",
+    "StreamDecoder",
     "Tokenizer",
     "WordTokenizer",
     "make_tokenizer",
@@ -43,6 +45,11 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Return the text of `ids`; ValueError for an id outside [0, vocab_size)."""
         raise NotImplementedError
+
+    def stream_decoder(self, previous: Sequence[int] = ()) -> StreamDecoder:
+        """A decoder for ids that arrive in pieces (streaming), continuing after `previous`
+        (the prompt): `previous text + every piece it returns` reads as one text."""
+        return StreamDecoder(self.decode)
 
     def to_json(self) -> str:
         """Return the JSON string that `tokenizer_from_json` turns back into this tokenizer."""
@@ -75,6 +82,20 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+class StreamDecoder:
+    """Turns successive chunks of ids into successive pieces of text (see
+    `Tokenizer.stream_decoder`); `flush()` returns whatever is still held back."""
+
+    def __init__(self, decode_chunk):
+        self._decode_chunk = decode_chunk
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._decode_chunk(ids)
+
+    def flush(self) -> str:
+        return ""
 
 
 def _check_vocab(vocab: Iterable[str]) -> list[str]:
@@ -206,19 +227,28 @@ class WordTokenizer(Tokenizer):
         return out
 
     def decode(self, ids: Iterable[int]) -> str:
+        return self.stream_decoder().decode(ids)
+
+    def stream_decoder(self, previous: Sequence[int] = ()) -> StreamDecoder:
         eos_id = self._ids[self.eos] if self.eos is not None else None
-        pieces: list[str] = []
-        at_line_start = True
-        for i in self._check_ids(ids):
-            if i == eos_id:
-                pieces.append("\n")
-                at_line_start = True
-            else:
-                if not at_line_start:
-                    pieces.append(" ")
-                pieces.append(self.vocab[i])
-                at_line_start = False
-        return "".join(pieces)
+        # A word after a word needs a space before it; after eos (or at the start) it does not.
+        at_line_start = not previous or previous[-1] == eos_id
+
+        def decode_chunk(ids: Iterable[int]) -> str:
+            nonlocal at_line_start
+            pieces: list[str] = []
+            for i in self._check_ids(ids):
+                if i == eos_id:
+                    pieces.append("\n")
+                    at_line_start = True
+                else:
+                    if not at_line_start:
+                        pieces.append(" ")
+                    pieces.append(self.vocab[i])
+                    at_line_start = False
+            return "".join(pieces)
+
+        return StreamDecoder(decode_chunk)
 
     def _spec(self) -> dict:
         return {"type": "word", "vocab": self.vocab, "eos": self.eos, "unk": self.unk}
@@ -241,6 +271,13 @@ class ByteTokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         return bytes(self._check_ids(ids)).decode("utf-8", errors="replace")
+
+    def stream_decoder(self, previous: Sequence[int] = ()) -> StreamDecoder:
+        # Holds back the first bytes of a character until its last byte arrives.
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        decoder = StreamDecoder(lambda ids: utf8.decode(bytes(self._check_ids(ids))))
+        decoder.flush = lambda: utf8.decode(b"", final=True)
+        return decoder
 
     def _spec(self) -> dict:
         return {"type": "byte"}

@@ -1,0 +1,221 @@
+"""Generation: prompts in, new tokens out, through the nogil decode loop (fastlstm._generate).
+
+A `Decoder` holds one generation run: the recurrent state of every sequence after its prompt,
+the sampling parameters, the random streams and the output buffer.  `run(steps)` enters C
+once and generates up to `steps` tokens for every running sequence; generate calls it once,
+streaming calls it once per chunk.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from fastlstm import _generate, _rnn
+from fastlstm.sampling import GenerationParams, check_output_fits
+
+
+class Decoder:
+    """One generation run over `prompts` (lists of token ids, each at least one id long).
+
+    Rows are the sequences generated: prompt p's j-th sample is row p * n + j, where
+    n = params.num_return_sequences.  Row r draws its random numbers from the stream
+    (seed of its prompt, j), so its output does not depend on the batch or on threads.
+    """
+
+    def __init__(self, model, prompts: Sequence[Sequence[int]], params: GenerationParams,
+                 num_threads: int):
+        cfg = model.config
+        n = params.num_return_sequences
+        rows = len(prompts) * n
+        check_output_fits(rows, params.max_new_tokens)
+        self.model, self.params = model, params
+        self.prompts = [list(p) for p in prompts]
+
+        # Per row: seed and stream (see the class docstring).
+        if params.seed is None:
+            seeds = np.full(len(prompts), secrets.randbits(64), np.uint64)
+            streams = np.arange(rows, dtype=np.uint64)  # fresh entropy: every row differs
+        else:
+            seeds = np.array(params.seed if isinstance(params.seed, tuple)
+                             else [params.seed] * len(prompts), np.uint64)
+            if len(seeds) != len(prompts):
+                raise ValueError(f"seed has {len(seeds)} values for {len(prompts)} prompts")
+            streams = np.tile(np.arange(n, dtype=np.uint64), len(prompts))
+        self.seed = np.repeat(seeds, n)
+        self.stream = streams
+
+        # State after each prompt but its last token, which the first decode step feeds.
+        self.h, self.c = _prefill(model, self.prompts, n)
+        self.last = np.array([p[-1] for p in self.prompts for _ in range(n)], np.int64)
+        self.order = np.arange(rows, dtype=np.int64)
+        self.out = np.full((rows, params.max_new_tokens), -1, np.int64)
+        self.length = np.zeros(rows, np.int64)
+        self.seen = None
+        if params.repetition_penalty != 1.0:
+            self.seen = np.zeros((rows, cfg.vocab_size), np.uint8)
+            for p, prompt in enumerate(self.prompts):
+                self.seen[p * n:(p + 1) * n, prompt] = 1
+
+        self.eos = np.array(params.eos_token_id, np.int64)
+        if np.any(self.eos >= cfg.vocab_size):
+            raise ValueError(f"eos_token_id {int(self.eos.max())} is out of range for a "
+                             f"vocabulary of {cfg.vocab_size}")
+        stop_ids = [_stop_ids(model.tokenizer, s) for s in params.stop]
+        self.stops = np.array([i for ids in stop_ids for i in ids], np.int64)
+        self.stop_end = np.cumsum([len(ids) for ids in stop_ids]).astype(np.int64)
+
+        # Thread t owns slots [slot_begin[t], slot_begin[t+1]); its running rows come first.
+        threads = max(1, min(num_threads, rows))
+        self.slot_begin = np.array([t * rows // threads for t in range(threads + 1)], np.intc)
+        self.n_active = np.diff(self.slot_begin).astype(np.intc)
+
+    @property
+    def done(self) -> bool:
+        """Whether every sequence has stopped or reached max_new_tokens."""
+        return not self.n_active.any()
+
+    def run(self, steps: int) -> None:
+        """Generate up to `steps` more tokens for every running sequence (GIL released)."""
+        m = self.model
+        p = self.params
+        _generate.decode(
+            m.config.rnn_type, m._layers, emb=m._embedding if m._table is None else None,
+            table=m._table, head_w=m._head_weight, head_b=m._head_bias, h=self.h, c=self.c,
+            last=self.last, order=self.order, out=self.out, length=self.length, seen=self.seen,
+            seed=self.seed, stream=self.stream, eos=self.eos, stops=self.stops,
+            stop_end=self.stop_end, slot_begin=self.slot_begin, n_active=self.n_active,
+            temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p,
+            repetition_penalty=p.repetition_penalty, steps=steps)
+
+    def row_ids(self, row: int, start: int = 0) -> np.ndarray:
+        """The ids generated so far for `row`, from position `start`."""
+        return self.out[row, start:self.length[row]]
+
+
+def _prefill(model, prompts: list[list[int]], copies: int):
+    """Run every prompt but its last token; return the states (h, c), `copies` rows each.
+
+    Prompts of one length run together in one kernel call (state only, no logits)."""
+    cfg = model.config
+    rows = len(prompts) * copies
+    h = np.zeros((cfg.num_layers, rows, cfg.output_size), np.float32)
+    c = np.zeros((cfg.num_layers, rows, cfg.hidden_size), np.float32) \
+        if cfg.rnn_type == "LSTM" else None
+    by_length: dict[int, list[int]] = {}
+    for p, prompt in enumerate(prompts):
+        if len(prompt) > 1:
+            by_length.setdefault(len(prompt), []).append(p)
+    for length, group in by_length.items():
+        ids = np.array([prompts[p][:-1] for p in group], np.int64)
+        gh = np.zeros((cfg.num_layers, len(group), cfg.output_size), np.float32)
+        gc = np.zeros((cfg.num_layers, len(group), cfg.hidden_size), np.float32) \
+            if c is not None else None
+        source = {"table": model._table} if model._table is not None else {"emb": model._embedding}
+        _rnn.forward(cfg.rnn_type, model._layers, h=gh, c=gc, ids=ids, **source,
+                     num_threads=model.num_threads)
+        rows_of = (np.array(group)[:, None] * copies + np.arange(copies)).ravel()
+        h[:, rows_of] = np.repeat(gh, copies, axis=1)
+        if c is not None:
+            c[:, rows_of] = np.repeat(gc, copies, axis=1)
+    return h, c
+
+
+def _stop_ids(tokenizer, stop: str) -> list[int]:
+    if tokenizer is None:
+        raise ValueError("stop strings need a tokenizer; this model has none (use eos_token_id)")
+    try:
+        ids = tokenizer.encode(stop)
+    except ValueError as e:
+        raise ValueError(f"stop string {stop!r} can never be generated: {e}") from None
+    if not ids:
+        raise ValueError(f"stop string {stop!r} encodes to no tokens")
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# The three ways in: ids, text, streamed text
+# ---------------------------------------------------------------------------------------------
+
+def check_prompt_ids(ids, vocab_size: int) -> list[list[int]]:
+    """Token-id prompts as lists of ints: an int array (B, T) or a list of lists."""
+    if isinstance(ids, np.ndarray):
+        if ids.ndim != 2 or ids.dtype.kind not in "iu":
+            raise ValueError(f"ids must be an int array of shape (batch, steps); got dtype "
+                             f"{ids.dtype} and shape {ids.shape}")
+        prompts = ids.tolist()
+    else:
+        if not isinstance(ids, Sequence) or not all(isinstance(p, (Sequence, np.ndarray))
+                                                    and not isinstance(p, str) for p in ids):
+            raise ValueError("ids must be an int array (batch, steps) or a list of lists of ints")
+        prompts = [np.asarray(p).tolist() if isinstance(p, np.ndarray) else list(p) for p in ids]
+    if not prompts:
+        raise ValueError("no prompts given")
+    for b, prompt in enumerate(prompts):
+        if not prompt:
+            raise ValueError(f"prompt {b} is empty: generation needs at least one token to "
+                             "condition on")
+        for i in prompt:
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+                raise ValueError(f"prompt {b} holds {i!r}, not a token id")
+            if not 0 <= i < vocab_size:
+                raise ValueError(f"token id {i} in prompt {b} is out of range for a vocabulary "
+                                 f"of {vocab_size} (0..{vocab_size - 1})")
+    return prompts
+
+
+def generate_ids(model, ids, params: GenerationParams) -> np.ndarray:
+    prompts = check_prompt_ids(ids, model.config.vocab_size)
+    decoder = Decoder(model, prompts, params, model.num_threads)
+    decoder.run(params.max_new_tokens)
+    return decoder.out
+
+
+def encode_prompts(model, prompts: list[str]) -> list[list[int]]:
+    if model.tokenizer is None:
+        raise ValueError("this model file has no tokenizer: use generate_ids with token ids")
+    encoded = []
+    for b, text in enumerate(prompts):
+        if not isinstance(text, str):
+            raise ValueError(f"prompt {b} is {type(text).__name__}, not str")
+        ids = model.tokenizer.encode(text)
+        if not ids:
+            raise ValueError(f"prompt {b} ({text!r}) is empty after tokenizing: generation "
+                             "needs at least one token to condition on")
+        encoded.append(ids)
+    return encoded
+
+
+def generate_text(model, prompts: list[str], params: GenerationParams) -> list[str]:
+    encoded = encode_prompts(model, prompts)
+    decoder = Decoder(model, encoded, params, model.num_threads)
+    decoder.run(params.max_new_tokens)
+    n = params.num_return_sequences
+    texts = []
+    for row in range(len(encoded) * n):
+        stream = model.tokenizer.stream_decoder(previous=encoded[row // n])
+        texts.append(stream.decode(decoder.row_ids(row)) + stream.flush())
+    return texts
+
+
+def stream_text(model, prompt: str, params: GenerationParams,
+                chunk_tokens: int = 16) -> Iterator[str]:
+    if not isinstance(prompt, str):
+        raise ValueError("stream takes one prompt (a str)")
+    if params.num_return_sequences != 1:
+        raise ValueError("stream generates one sequence: num_return_sequences must be 1")
+    (encoded,) = encode_prompts(model, [prompt])
+    decoder = Decoder(model, [encoded], params, 1)
+    text = model.tokenizer.stream_decoder(previous=encoded)
+    emitted = 0
+    while not decoder.done:
+        decoder.run(chunk_tokens)
+        piece = text.decode(decoder.row_ids(0, emitted))
+        emitted = int(decoder.length[0])
+        if piece:
+            yield piece
+    tail = text.flush()
+    if tail:
+        yield tail
