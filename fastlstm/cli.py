@@ -1,4 +1,4 @@
-"""The `fastlstm` command line: `fastlstm export ...`, `fastlstm info ...`.
+"""The `fastlstm` command line: `fastlstm generate ...`, `fastlstm export ...`, `fastlstm info ...`, `fastlstm train ...`.
 
 Each subcommand is a pair of functions, `_add_<name>(subparsers)` declaring its arguments and
 `_run_<name>(args) -> int` doing the work; list the first in `_SUBCOMMANDS` to add one.
@@ -40,8 +40,10 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="fastlstm",
         description="Run PyTorch LSTM, GRU and RNN language models on the CPU, without PyTorch.",
         epilog="examples:\n"
+        '  fastlstm generate --prompt "ROMEO:"\n'
         "  fastlstm export model.pt -o model.safetensors --vocab vocab.json\n"
         "  fastlstm info model.safetensors\n"
+        "  fastlstm train corpus.txt -o model.safetensors --minutes 10\n"
         "\n"
         "Run 'fastlstm COMMAND --help' for the options and examples of a command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -79,9 +81,13 @@ def _add_export(subparsers) -> None:
         "\n"
         "The model must be an Embedding -> LSTM/GRU/RNN -> Linear language model, like\n"
         "the RNNModel of PyTorch's examples/word_language_model.",
+        '  fastlstm generate --prompt "ROMEO:"\n'
         "  fastlstm export model.pt -o model.safetensors --rnn-type LSTM\n"
+        '  fastlstm generate --prompt "ROMEO:"\n'
         "  fastlstm export model.pt -o model.safetensors --vocab vocab.json --tokenizer char\n"
+        '  fastlstm generate --prompt "ROMEO:"\n'
         "  fastlstm export model.pt -o model.safetensors --vocab words.txt   # one word per line\n"
+        '  fastlstm generate --prompt "ROMEO:"\n'
         "  fastlstm export model.pt -o model.safetensors --tokenizer byte",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT.pt", help="the PyTorch checkpoint to convert")
@@ -230,4 +236,159 @@ def _human_bytes(n: int) -> str:
     return f"{n:.1f} GiB"
 
 
-_SUBCOMMANDS = [_add_export, _add_info]
+# ---------------------------------------------------------------------------------------------
+# fastlstm train
+
+
+def _add_train(subparsers) -> None:
+    p = _add_parser(
+        subparsers,
+        "train",
+        "Train a language model on a text file and write it as a fastlstm file (needs torch).",
+        "Builds the vocabulary from the corpus (char: every distinct character; word:\n"
+        "whitespace-separated words plus <eos> per line and <unk>, as PyTorch's\n"
+        "word_language_model), holds out the END of the corpus for validation, and trains an\n"
+        "Embedding -> LSTM/GRU/RNN -> Linear model with Adam and truncated backpropagation\n"
+        "through time. The weights with the best validation loss are written, with the\n"
+        "tokenizer, so the file runs with fastlstm.load() alone. Losses are in nats per token.\n"
+        "\n"
+        "Training stops at --steps, --epochs or --minutes, whichever comes first; with none\n"
+        "of them it runs one epoch.",
+        "  fastlstm train shakespeare.txt -o shakespeare.safetensors --minutes 10\n"
+        "  fastlstm train shakespeare.txt -o tiny.safetensors --layers 1 --hidden 128 --steps 500\n"
+        "  fastlstm train wiki.train.txt -o wiki.safetensors --tokenizer word --rnn-type GRU \\\n"
+        "      --embedding 256 --hidden 256 --dropout 0.2 --epochs 2",
+    )
+    p.add_argument("corpus", metavar="CORPUS", help="the training text (UTF-8)")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT.safetensors", help="the file to write"
+    )
+    p.add_argument(
+        "--tokenizer", choices=("char", "word"), default="char", help="token kind (default: char)"
+    )
+    p.add_argument(
+        "--rnn-type", choices=RNN_TYPES, default="LSTM", help="the recurrent cell (default: LSTM)"
+    )
+    p.add_argument("--layers", type=int, default=2, metavar="N",
+                   help="recurrent layers (default: 2)")
+    p.add_argument("--hidden", type=int, default=256, metavar="N",
+                   help="hidden size of each layer (default: 256)")
+    p.add_argument("--embedding", type=int, default=64, metavar="N",
+                   help="embedding size (default: 64)")
+    p.add_argument("--dropout", type=float, default=0.0, metavar="P",
+                   help="dropout on the embedding, between layers and before the head "
+                   "(default: 0)")
+    p.add_argument("--seq-len", type=int, default=128, metavar="N",
+                   help="tokens per backpropagation window (default: 128)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N",
+                   help="sequences per step (default: 32)")
+    p.add_argument("--lr", type=float, default=2e-3, metavar="X",
+                   help="Adam learning rate, decayed to 10%% of it by a cosine schedule when "
+                   "the length of training is known (default: 0.002)")
+    p.add_argument("--steps", type=int, metavar="N", help="stop after N optimizer steps")
+    p.add_argument("--epochs", type=float, metavar="N", help="stop after N passes over the data")
+    p.add_argument("--minutes", type=float, metavar="M", help="stop after M minutes of training")
+    p.add_argument("--val-fraction", type=float, default=0.05, metavar="F",
+                   help="fraction of the corpus, taken from its end, held out for validation "
+                   "(default: 0.05)")
+    p.add_argument("--eval-every", type=int, metavar="N",
+                   help="validate every N steps (default: about 20 times per run, at most "
+                   "every 500 steps)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch threads (default: 1)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from fastlstm.train import train
+
+    result = train(
+        args.corpus,
+        args.output,
+        tokenizer=args.tokenizer,
+        rnn_type=args.rnn_type,
+        num_layers=args.layers,
+        hidden_size=args.hidden,
+        embedding_dim=args.embedding,
+        dropout=args.dropout,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        steps=args.steps,
+        epochs=args.epochs,
+        minutes=args.minutes,
+        val_fraction=args.val_fraction,
+        eval_every=args.eval_every,
+        seed=args.seed,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
+    print(
+        f"validation loss {result['val_loss']:.4f} nats/token "
+        f"(train {result['train_loss']:.4f}) after {result['steps']:,} steps "
+        f"in {result['seconds'] / 60:.1f} min; best at step {result['best_step']:,}"
+    )
+    print(
+        f"wrote {args.output}: {result['params']:,} parameters, "
+        f"{_human_bytes(result['file_bytes'])}"
+    )
+    return 0
+
+
+def _add_generate(subparsers) -> None:
+    p = _add_parser(
+        subparsers,
+        "generate",
+        "Generate text with a model (the bundled Shakespeare model by default).",
+        "Continues the prompt and prints prompt + continuation to stdout.  Sampling runs in "
+        "fastlstm's C loop; --seed makes the output reproducible.",
+        '  fastlstm generate --prompt "ROMEO:"\n'
+        '  fastlstm generate --prompt "JULIET:" --max-new-tokens 400 --temperature 0.7 --seed 1\n'
+        "  fastlstm generate --model my.safetensors --prompt 'the' --top-k 40 --stream",
+    )
+    p.add_argument("--model", metavar="PATH", help="a model file (default: the bundled model)")
+    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
+                   help="tokens to generate per sample (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.8, metavar="T",
+                   help="sampling temperature; 0 = greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=0, metavar="K", help="keep the K likeliest tokens; 0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                   help="keep the likeliest tokens holding probability P; 1 = off")
+    p.add_argument("--min-p", type=float, default=0.0, metavar="P",
+                   help="drop tokens less likely than P x the likeliest; 0 = off")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                   help="penalise tokens already in the text; 1 = off")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop a sample when TEXT is generated (repeatable)")
+    p.add_argument("--seed", type=int, metavar="S", help="random seed (default: fresh entropy)")
+    p.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples to generate")
+    p.add_argument("--threads", type=int, metavar="N", help="threads (default: OMP_NUM_THREADS or all cores)")
+    p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.set_defaults(run=_run_generate)
+
+
+def _run_generate(args) -> int:
+    import fastlstm
+
+    model = fastlstm.load(args.model, num_threads=args.threads)
+    params = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                  top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                  repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed)
+    if args.stream:
+        if args.num_samples != 1:
+            raise ValueError("--stream prints one sample; drop --num-samples or --stream")
+        sys.stdout.write(args.prompt)
+        for piece in model.stream(args.prompt, **params):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        print()
+        return 0
+    texts = model.generate([args.prompt], num_return_sequences=args.num_samples, **params)
+    print(("\n" + "-" * 40 + "\n").join(args.prompt + text for text in texts))
+    return 0
+
+
+_SUBCOMMANDS = [_add_generate, _add_export, _add_info, _add_train]
