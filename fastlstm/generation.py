@@ -98,28 +98,28 @@ class Decoder:
 def _prefill(model, prompts: list[list[int]], copies: int):
     """Run every prompt but its last token; return the states (h, c), `copies` rows each.
 
-    Prompts of one length run together in one kernel call (state only, no logits)."""
+    Each prompt runs as if alone (fastlstm._rnn.prefill), so its state does not depend on the
+    other prompts: the first half of seeded reproducibility (the decode loop is the other)."""
     cfg = model.config
-    rows = len(prompts) * copies
-    h = np.zeros((cfg.num_layers, rows, cfg.output_size), np.float32)
-    c = np.zeros((cfg.num_layers, rows, cfg.hidden_size), np.float32) \
+    P = len(prompts)
+    h = np.zeros((P, cfg.num_layers, cfg.output_size), np.float32)
+    c = np.zeros((P, cfg.num_layers, cfg.hidden_size), np.float32) \
         if cfg.rnn_type == "LSTM" else None
-    by_length: dict[int, list[int]] = {}
-    for p, prompt in enumerate(prompts):
-        if len(prompt) > 1:
-            by_length.setdefault(len(prompt), []).append(p)
-    for length, group in by_length.items():
-        ids = np.array([prompts[p][:-1] for p in group], np.int64)
-        gh = np.zeros((cfg.num_layers, len(group), cfg.output_size), np.float32)
-        gc = np.zeros((cfg.num_layers, len(group), cfg.hidden_size), np.float32) \
-            if c is not None else None
+    heads = [p for p in range(P) if len(prompts[p]) > 1]
+    if heads:
+        ids = np.array([i for p in heads for i in prompts[p][:-1]], np.int64)
+        offsets = np.cumsum([0] + [len(prompts[p]) - 1 for p in heads]).astype(np.int64)
+        gh, gc = h[heads], (c[heads] if c is not None else None)
         source = {"table": model._table} if model._table is not None else {"emb": model._embedding}
-        _rnn.forward(cfg.rnn_type, model._layers, h=gh, c=gc, ids=ids, **source,
-                     num_threads=model.num_threads)
-        rows_of = (np.array(group)[:, None] * copies + np.arange(copies)).ravel()
-        h[:, rows_of] = np.repeat(gh, copies, axis=1)
+        _rnn.prefill(cfg.rnn_type, model._layers, ids=ids, offsets=offsets, h=gh, c=gc,
+                     **source, num_threads=model.num_threads)
+        h[heads] = gh
         if c is not None:
-            c[:, rows_of] = np.repeat(gc, copies, axis=1)
+            c[heads] = gc
+    # (prompt, layer, size) -> (layer, row, size), `copies` rows per prompt.
+    h = np.ascontiguousarray(np.repeat(h, copies, axis=0).transpose(1, 0, 2))
+    if c is not None:
+        c = np.ascontiguousarray(np.repeat(c, copies, axis=0).transpose(1, 0, 2))
     return h, c
 
 

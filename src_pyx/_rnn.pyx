@@ -207,3 +207,60 @@ def forward(str rnn_type, list layers, *, h, c=None, x=None, ids=None, emb=None,
         free(job.layers)
     if failed:
         raise MemoryError("fastlstm: could not allocate the kernel's scratch buffers")
+
+
+def prefill(str rnn_type, list layers, *, ids, offsets, h, c=None, emb=None, table=None,
+            int num_threads=1):
+    """Run each prompt of a ragged batch on its own, from a zero state, and keep only the
+    final state: prompt p is ids[offsets[p]:offsets[p+1]] (at least one id) and its state
+    goes to h[p] (num_layers, out_size) and c[p] (num_layers, hidden).
+
+    A prompt's state is computed exactly as if it were alone (the same GEMM shapes whatever
+    else is in the batch), which is what makes seeded generation reproducible.  Prompts are
+    spread over threads; each runs with one-row products.
+    """
+    cdef Job base
+    cdef const int64_t[::1] ids_view = ids
+    cdef const int64_t[::1] offsets_view = offsets
+    cdef int p, n_prompts = offsets_view.shape[0] - 1, failed = 0
+    cdef int[::1] status = np.zeros(max(n_prompts, 1), dtype=np.intc)
+    cdef Job *jobs
+    base.cell = cell_code(rnn_type)
+    base.num_layers = len(layers)
+    base.batch = 1
+    base.x = NULL
+    base.emb = float_ptr(emb, "emb", True)
+    base.table = float_ptr(table, "table", True)
+    base.y = NULL
+    base.logits = NULL
+    base.head_w = NULL
+    base.head_b = NULL
+    base.vocab = 0
+    cdef float *h_all = <float *> float_ptr(h, "h")
+    cdef float *c_all = <float *> float_ptr(c, "c", True)
+    cdef int h_stride = h.shape[1] * h.shape[2], c_stride = c.shape[1] * c.shape[2] if c is not None else 0
+    if n_prompts <= 0:
+        return
+    jobs = <Job *> malloc(n_prompts * sizeof(Job))
+    if jobs == NULL:
+        raise MemoryError()
+    base.layers = NULL
+    try:
+        base.layers = layers_from_packed(layers)
+        for p in range(n_prompts):
+            jobs[p] = base
+            jobs[p].ids = &ids_view[offsets_view[p]]
+            jobs[p].steps = <int> (offsets_view[p + 1] - offsets_view[p])
+            jobs[p].h = h_all + <size_t> p * h_stride
+            jobs[p].c = c_all + <size_t> p * c_stride if c_all != NULL else NULL
+        with nogil:
+            for p in prange(n_prompts, num_threads=max(1, min(num_threads, n_prompts)),
+                            schedule="dynamic"):
+                status[p] = run_rows(&jobs[p], 0, 1)
+        for p in range(n_prompts):
+            failed |= status[p]
+    finally:
+        free(base.layers)
+        free(jobs)
+    if failed:
+        raise MemoryError("fastlstm: could not allocate the kernel's scratch buffers")
