@@ -35,7 +35,7 @@ def extension(name):
 
 setup(
     ext_modules=cythonize(
-        [extension("_rnn"), extension("_generate")],
+        [extension("_rnn"), extension("_generate"), extension("_matmul")],
         include_path=["src_pyx"],
         compiler_directives={
             "language_level": 3,
