@@ -83,7 +83,8 @@ class Decoder:
         p = self.params
         _generate.decode(
             m.config.rnn_type, m._layers, emb=m._embedding if m._table is None else None,
-            table=m._table, head_w=m._head_weight, head_b=m._head_bias, h=self.h, c=self.c,
+            table=m._table, head_panels=m._head_panels, vocab=m.config.vocab_size,
+            head_b=m._head_bias, h=self.h, c=self.c,
             last=self.last, order=self.order, out=self.out, length=self.length, seen=self.seen,
             seed=self.seed, stream=self.stream, eos=self.eos, stops=self.stops,
             stop_end=self.stop_end, slot_begin=self.slot_begin, n_active=self.n_active,

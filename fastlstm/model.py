@@ -10,7 +10,7 @@ from fastlstm import _rnn
 from fastlstm import generation
 from fastlstm.config import ModelConfig
 from fastlstm.sampling import GenerationParams
-from fastlstm.pack import input_table, pack_layers
+from fastlstm.pack import input_table, pack_layers, panels
 from fastlstm.threads import resolve_num_threads
 from fastlstm.weights import ModelWeights, read_model_file
 
@@ -72,6 +72,7 @@ class Model:
         self._embedding = np.ascontiguousarray(weights.embedding, dtype=np.float32)  # (V, E)
         self._layers = pack_layers(weights.recurrent)
         self._head_weight = np.ascontiguousarray(weights.head_weight, dtype=np.float32)  # (V, out)
+        self._head_panels = panels(self._head_weight)  # for the decode loop
         self._head_bias = (None if weights.head_bias is None
                            else np.ascontiguousarray(weights.head_bias, dtype=np.float32))  # (V,)
         # Layer 0's input projections for every token, when that costs at most as many floats
@@ -80,10 +81,13 @@ class Model:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of weights the kernels read (the lookup table included)."""
-        arrays = [self._embedding, self._head_weight, self._head_bias, self._table]
+        """Bytes of weights held in memory (the lookup table and the decode loop's panel
+        copies included)."""
+        arrays = [self._embedding, self._head_weight, self._head_panels, self._head_bias,
+                  self._table]
         for layer in self._layers:
-            arrays += [layer.w_ih, layer.w_hh, layer.bias_x, layer.bias_hn, layer.w_hr]
+            arrays += [layer.w_ih, layer.w_hh, layer.bias_x, layer.bias_hn, layer.w_hr,
+                       layer.w_ih_panels, layer.w_hh_panels, layer.w_hr_panels]
         unique = {id(a): a for a in arrays if a is not None}
         return sum(a.nbytes for a in unique.values())
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastlstm import _matmul
 from fastlstm.weights import LayerWeights, RecurrentWeights
 
 
@@ -23,6 +24,16 @@ class PackedLayer:
     bias_x: np.ndarray  # (gates*hidden,) b_ih + b_hh, added to the input projections once
     bias_hn: np.ndarray | None  # (hidden,) GRU: b_hh's n part, which r multiplies
     w_hr: np.ndarray | None  # (proj_size, hidden) LSTM projection
+    # w_ih, w_hh, w_hr again in matmul.h's panels of 16 outputs, for the decode loop, whose
+    # products must not depend on how many rows run together (seeded reproducibility).
+    w_ih_panels: np.ndarray
+    w_hh_panels: np.ndarray
+    w_hr_panels: np.ndarray | None
+
+
+def panels(w: np.ndarray | None) -> np.ndarray | None:
+    """W (n, k) packed for fastlstm._matmul's kernel (1-D, 64-byte aligned)."""
+    return None if w is None else _matmul.pack(w)
 
 
 def pack_layer(rnn_type: str, hidden: int, layer: LayerWeights) -> PackedLayer:
@@ -35,14 +46,11 @@ def pack_layer(rnn_type: str, hidden: int, layer: LayerWeights) -> PackedLayer:
         # n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): b_hn cannot join the input side.
         bias_x[2 * hidden:] = b_ih[2 * hidden:]
         bias_hn = _c_float32(b_hh[2 * hidden:])
-    return PackedLayer(
-        hidden_size=hidden,
-        w_ih=_c_float32(layer.weight_ih),
-        w_hh=_c_float32(layer.weight_hh),
-        bias_x=_c_float32(bias_x),
-        bias_hn=bias_hn,
-        w_hr=None if layer.weight_hr is None else _c_float32(layer.weight_hr),
-    )
+    w_ih, w_hh = _c_float32(layer.weight_ih), _c_float32(layer.weight_hh)
+    w_hr = None if layer.weight_hr is None else _c_float32(layer.weight_hr)
+    return PackedLayer(hidden_size=hidden, w_ih=w_ih, w_hh=w_hh, bias_x=_c_float32(bias_x),
+                       bias_hn=bias_hn, w_hr=w_hr, w_ih_panels=panels(w_ih),
+                       w_hh_panels=panels(w_hh), w_hr_panels=panels(w_hr))
 
 
 def pack_layers(recurrent: RecurrentWeights) -> list[PackedLayer]:

@@ -279,7 +279,8 @@ def find_roles(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None =
                and matrices[e].shape[0] == matrices[h].shape[0]]
     if not options:
         raise ValueError(f"shape mismatch: {name_a!r} {a.shape} and {name_b!r} {b.shape} are not "
-                         f"an embedding (vocab, {E}) and a head (vocab, {out}) of one vocabulary")
+                         f"an embedding (vocab, {E}) and a head (vocab, {out}) of one vocabulary "
+                         f"(E from '{prefix}weight_ih_l0', {out} from '{prefix}weight_hh_l0')")
     if len(options) == 2:
         options = _break_tie(options, matrices, vectors)
     emb_name, head_name = options[0]

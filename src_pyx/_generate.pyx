@@ -16,7 +16,7 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-from blas cimport matmul_wt
+from matmul cimport fl_matmul_packed
 from sampler cimport Candidate, SamplingParams, coin, sample_token
 from stack cimport (Layer, cell_code, float_ptr, gates_of, input_projection, layer_step,
                     layers_from_packed)
@@ -34,7 +34,7 @@ cdef struct Run:
     Layer *layers
     const float *emb         # (vocab, in0), or NULL when table is set
     const float *table       # (vocab, gates*hidden0): layer 0's input projection per token
-    const float *head_w      # (vocab, out_last)
+    const float *head_panels # (vocab, out_last) in matmul.h's panels
     const float *head_b      # (vocab,) or NULL
     SamplingParams params
     # Per slot (slot s holds row order[s]):
@@ -148,22 +148,20 @@ cdef int decode_slots(Run *run, int begin, int *n_active, int steps) noexcept no
                 memcpy(x + <size_t> i * L.in_size, run.emb + <size_t> token * L.in_size,
                        L.in_size * sizeof(float))
         if run.table == NULL:
-            input_projection(L, G, n, x, xw)
+            input_projection(L, G, n, x, xw, True)
         for l in range(run.num_layers):
             L = &run.layers[l]
             h_l = run.h + (<size_t> l * run.batch + begin) * L.out_size
             if l > 0:  # input: the new h of the layer below
-                input_projection(L, G, n, run.h + (<size_t> (l - 1) * run.batch + begin) * L.in_size, xw)
+                input_projection(L, G, n, run.h + (<size_t> (l - 1) * run.batch + begin) * L.in_size, xw, True)
             layer_step(run.cell, L, n, xw, h_l, h_l,
                        run.c + (<size_t> l * run.batch + begin) * L.hidden if run.c != NULL else NULL,
-                       hw, hfull)
+                       hw, hfull, True)
         # Head: logits := h_top . W_head^T + b_head
         L = &run.layers[run.num_layers - 1]
-        if run.head_b != NULL:
-            for i in range(n):
-                memcpy(logits + <size_t> i * V, run.head_b, V * sizeof(float))
-        matmul_wt(n, V, L.out_size, run.h + (<size_t> (run.num_layers - 1) * run.batch + begin) * L.out_size,
-                  L.out_size, run.head_w, 1.0 if run.head_b != NULL else 0.0, logits, V)
+        fl_matmul_packed(n, V, L.out_size,
+                         run.h + (<size_t> (run.num_layers - 1) * run.batch + begin) * L.out_size,
+                         L.out_size, run.head_panels, run.head_b, 0, logits, V)
 
         # Sample, record, check stops.
         for i in range(n):
@@ -196,7 +194,7 @@ cdef int decode_slots(Run *run, int begin, int *n_active, int steps) noexcept no
     return status
 
 
-def decode(str rnn_type, list layers, *, emb, table, head_w, head_b,
+def decode(str rnn_type, list layers, *, emb, table, head_panels, int vocab, head_b,
            h, c, last, order, out, length, seen, seed, stream, eos, stops, stop_end,
            slot_begin, n_active, double temperature, int top_k, double top_p, double min_p,
            double repetition_penalty, int steps):
@@ -205,7 +203,7 @@ def decode(str rnn_type, list layers, *, emb, table, head_w, head_b,
     slot_begin[t+1]), of which the first n_active[t] are running.  Raises FloatingPointError
     if the logits of a row hold NaN (the state is then left mid-step)."""
     cdef Run run
-    cdef int t, nthreads = len(n_active), failed = OK, vocab = head_w.shape[0]
+    cdef int t, nthreads = len(n_active), failed = OK
     cdef int64_t[::1] last_v = last, order_v = order, length_v = length
     cdef int64_t[:, ::1] out_v = out
     cdef const uint64_t[::1] seed_v = seed, stream_v = stream
@@ -222,7 +220,7 @@ def decode(str rnn_type, list layers, *, emb, table, head_w, head_b,
     run.max_new = out_v.shape[1]
     run.emb = float_ptr(emb, "emb", True)
     run.table = float_ptr(table, "table", True)
-    run.head_w = float_ptr(head_w, "head_w")
+    run.head_panels = float_ptr(head_panels, "head_panels")
     run.head_b = float_ptr(head_b, "head_b", True)
     run.params.temperature = temperature
     run.params.top_k = top_k

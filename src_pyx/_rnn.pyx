@@ -115,12 +115,12 @@ cdef int run_rows(const Job *job, int b0, int b1) noexcept nogil:
 
             # xw := inp . W_ih^T + bias_x, one GEMM for the whole chunk.
             if not (l == 0 and job.table != NULL):
-                input_projection(L, G, tc * nb, inp, xw)
+                input_projection(L, G, tc * nb, inp, xw, False)
             for s in range(tc):
                 # h_prev of step s is out[s-1], contiguous thanks to the time-major layout.
                 layer_step(job.cell, L, nb, xw + <size_t> s * nb * G * L.hidden,
                            h_state if s == 0 else out + <size_t> (s - 1) * nb * L.out_size,
-                           out + <size_t> s * nb * L.out_size, c_state, hw, hfull)
+                           out + <size_t> s * nb * L.out_size, c_state, hw, hfull, False)
             memcpy(h_state, out + <size_t> (tc - 1) * nb * L.out_size,
                    <size_t> nb * L.out_size * sizeof(float))
             tmp = inp
