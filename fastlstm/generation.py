@@ -47,6 +47,14 @@ class Decoder:
         self.seed = np.repeat(seeds, n)
         self.stream = streams
 
+        self.eos = np.array(params.eos_token_id, np.int64)
+        if np.any(self.eos >= cfg.vocab_size):
+            raise ValueError(f"eos_token_id {int(self.eos.max())} is out of range for a "
+                             f"vocabulary of {cfg.vocab_size}")
+        stop_ids = [_stop_ids(model.tokenizer, s) for s in params.stop]
+        self.stops = np.array([i for ids in stop_ids for i in ids], np.int64)
+        self.stop_end = np.cumsum([len(ids) for ids in stop_ids]).astype(np.int64)
+
         # State after each prompt but its last token, which the first decode step feeds.
         self.h, self.c = _prefill(model, self.prompts, n)
         self.last = np.array([p[-1] for p in self.prompts for _ in range(n)], np.int64)
@@ -58,14 +66,6 @@ class Decoder:
             self.seen = np.zeros((rows, cfg.vocab_size), np.uint8)
             for p, prompt in enumerate(self.prompts):
                 self.seen[p * n:(p + 1) * n, prompt] = 1
-
-        self.eos = np.array(params.eos_token_id, np.int64)
-        if np.any(self.eos >= cfg.vocab_size):
-            raise ValueError(f"eos_token_id {int(self.eos.max())} is out of range for a "
-                             f"vocabulary of {cfg.vocab_size}")
-        stop_ids = [_stop_ids(model.tokenizer, s) for s in params.stop]
-        self.stops = np.array([i for ids in stop_ids for i in ids], np.int64)
-        self.stop_end = np.cumsum([len(ids) for ids in stop_ids]).astype(np.int64)
 
         # Thread t owns slots [slot_begin[t], slot_begin[t+1]); its running rows come first.
         threads = max(1, min(num_threads, rows))
@@ -88,7 +88,8 @@ class Decoder:
             last=self.last, order=self.order, out=self.out, length=self.length, seen=self.seen,
             seed=self.seed, stream=self.stream, eos=self.eos, stops=self.stops,
             stop_end=self.stop_end, slot_begin=self.slot_begin, n_active=self.n_active,
-            temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p,
+            temperature=p.temperature, top_k=p.top_k if p.top_k < m.config.vocab_size else 0,
+            top_p=p.top_p, min_p=p.min_p,
             repetition_penalty=p.repetition_penalty, steps=steps)
 
     def row_ids(self, row: int, start: int = 0) -> np.ndarray:
@@ -133,6 +134,12 @@ def _stop_ids(tokenizer, stop: str) -> list[int]:
         raise ValueError(f"stop string {stop!r} can never be generated: {e}") from None
     if not ids:
         raise ValueError(f"stop string {stop!r} encodes to no tokens")
+    # Text outside the vocabulary encodes as the unk token, which must not stand in for it.
+    unk = getattr(tokenizer, "unk", None)
+    vocab = getattr(tokenizer, "vocab", [])
+    if unk is not None and unk in vocab and unk not in stop and vocab.index(unk) in ids:
+        raise ValueError(f"stop string {stop!r} holds text outside the vocabulary, so it can "
+                         "never be generated")
     return ids
 
 
@@ -203,13 +210,17 @@ def generate_text(model, prompts: list[str], params: GenerationParams) -> list[s
 
 def stream_text(model, prompt: str, params: GenerationParams,
                 chunk_tokens: int = 16) -> Iterator[str]:
+    """Check everything and prefill now; return an iterator that generates on demand."""
     if not isinstance(prompt, str):
         raise ValueError("stream takes one prompt (a str)")
     if params.num_return_sequences != 1:
         raise ValueError("stream generates one sequence: num_return_sequences must be 1")
     (encoded,) = encode_prompts(model, [prompt])
     decoder = Decoder(model, [encoded], params, 1)
-    text = model.tokenizer.stream_decoder(previous=encoded)
+    return _stream_pieces(decoder, model.tokenizer.stream_decoder(previous=encoded), chunk_tokens)
+
+
+def _stream_pieces(decoder: Decoder, text, chunk_tokens: int) -> Iterator[str]:
     emitted = 0
     while not decoder.done:
         decoder.run(chunk_tokens)

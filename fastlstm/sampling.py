@@ -65,6 +65,8 @@ class GenerationParams:
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
         set_("max_new_tokens", _int("max_new_tokens", self.max_new_tokens, 1))
+        if self.max_new_tokens >= 2**31:
+            raise ValueError(f"max_new_tokens must be below 2**31, got {self.max_new_tokens}")
         set_("num_return_sequences", _int("num_return_sequences", self.num_return_sequences, 1))
         set_("top_k", _int("top_k", self.top_k, 0))
         temperature = _float("temperature", self.temperature)

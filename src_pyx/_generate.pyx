@@ -201,7 +201,7 @@ def decode(str rnn_type, list layers, *, emb, table, head_panels, int vocab, hea
     """Run up to `steps` decode steps for every running row (see fastlstm.generation.Decoder,
     which owns and documents every array).  Thread t works on slots [slot_begin[t],
     slot_begin[t+1]), of which the first n_active[t] are running.  Raises FloatingPointError
-    if the logits of a row hold NaN (the state is then left mid-step)."""
+    if the logits of a row hold NaN or +inf (the state is then left mid-step)."""
     cdef Run run
     cdef int t, nthreads = len(n_active), failed = OK
     cdef int64_t[::1] last_v = last, order_v = order, length_v = length
@@ -258,7 +258,8 @@ def decode(str rnn_type, list layers, *, emb, table, head_panels, int vocab, hea
     if failed == NO_MEMORY:
         raise MemoryError("fastlstm: could not allocate the decode loop's scratch buffers")
     if failed == NAN_LOGITS:
-        raise FloatingPointError("the model produced NaN logits; no token was sampled from them")
+        raise FloatingPointError("the model produced NaN or infinite logits; no token was "
+                                 "sampled from them")
 
 
 def sample(logits, seen=None, *, double temperature=1.0, int top_k=0, double top_p=1.0,

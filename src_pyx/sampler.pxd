@@ -59,7 +59,8 @@ cdef inline int sample_token(const float *logits, int vocab, const uint8_t *seen
 
     seen: (vocab,) nonzero for ids already in the sequence (for repetition_penalty), or NULL.
     u: the coin in [0, 1).  scores (vocab,), cand (vocab,): scratch.
-    Returns the token id, or -1 if the logits hold a NaN.
+    Returns the token id, or -1 if the logits hold a NaN or +inf, or are all -inf (when
+    sampling).
     """
     cdef int i, n, best = 0, k
     cdef float s, top = -INFINITY, threshold, total, acc, cutoff
@@ -88,6 +89,9 @@ cdef inline int sample_token(const float *logits, int vocab, const uint8_t *seen
             cand[n].id = i
             n += 1
 
+    if n == 0:  # every logit -inf, or one +inf: nothing to sample from
+        return -1
+
     k = p.top_k
     if 0 < k < n:
         # Keep scores >= the k-th largest, ties included (as torch.topk's threshold does).
@@ -101,8 +105,9 @@ cdef inline int sample_token(const float *logits, int vocab, const uint8_t *seen
         for i in range(n):
             total += expf(cand[i].score)
         if n > 1:
+            # The top token (score 0) always stays: the bound holds only if it does.
             cutoff = logf((1.0 - p.top_p) / (n - 1) * total)
-            n = keep_at_least(cand, n, cutoff)
+            n = keep_at_least(cand, n, cutoff if cutoff < 0.0 else 0.0)
         qsort(cand, n, sizeof(Candidate), by_score_descending)
         # Keep a token while the mass of the tokens above it is below top_p.
         acc = 0.0
