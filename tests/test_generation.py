@@ -379,7 +379,7 @@ BAD_PARAMS = {
     "stop not a str": dict(stop=[3]),
     "eos_token_id -1": dict(eos_token_id=-1),
 }
-# Checked only once the prompts have been run (see test_bad_values_fail_before_any_work).
+# Checks that need the model (its vocabulary); also made before any work.
 VOCAB_CHECKS = {
     "stop not in vocab": dict(stop="É"),
     "eos_token_id >= V": dict(eos_token_id=len(CHARS)),
