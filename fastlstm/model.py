@@ -75,9 +75,11 @@ class Model:
         self._head_panels = panels(self._head_weight)  # for the decode loop
         self._head_bias = (None if weights.head_bias is None
                            else np.ascontiguousarray(weights.head_bias, dtype=np.float32))  # (V,)
-        # Layer 0's input projections for every token, when that costs at most as many floats
-        # as the model already has.
-        self._table = input_table(self._embedding, self._layers[0], self.config.num_parameters)
+        # Layer 0's input projections for every token, unless that table would hold more than
+        # twice the model's parameters (a word model's 10k x 4*650 table still qualifies: it
+        # saves a 650 x 2600 product per token, 13% of the bytes a token reads).
+        self._table = input_table(self._embedding, self._layers[0],
+                                  2 * self.config.num_parameters)
 
     @property
     def nbytes(self) -> int:
