@@ -104,6 +104,15 @@ __attribute__((target("avx2,fma"))) static int fl_tanh_avx2(int count, const flo
         _mm256_storeu_ps(h + j, fl_tanh8(_mm256_add_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(y + j))));
     return j;
 }
+__attribute__((target("avx2,fma"))) static int fl_exp_scaled_avx2(int count, const float *x,
+                                                                    float shift, float scale,
+                                                                    float *out) {
+    int j = 0;
+    const __m256 s = _mm256_set1_ps(shift), k = _mm256_set1_ps(scale);
+    for (; j + 8 <= count; j += 8)
+        _mm256_storeu_ps(out + j, fl_exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), s), k)));
+    return j;
+}
 #else
 #define FL_GATES_HAVE_AVX2 0
 static inline int fl_gates_use_avx2(void) { return 0; }
@@ -111,7 +120,17 @@ static int fl_lstm_avx2(int hidden, const float *x, const float *y, float *c, fl
 static int fl_gru_avx2(int hidden, const float *x, const float *y, const float *b, const float *hp,
                        float *h) { return 0; }
 static int fl_tanh_avx2(int count, const float *x, const float *y, float *h) { return 0; }
+static int fl_exp_scaled_avx2(int count, const float *x, float shift, float scale, float *out) {
+    return 0;
+}
 #endif
+
+/* out[i] = exp((x[i] - shift) * scale), for the sampler's softmax weights. */
+static inline void fl_exp_scaled(int count, const float *x, float shift, float scale, float *out) {
+    int j = fl_gates_use_avx2() ? fl_exp_scaled_avx2(count, x, shift, scale, out) : 0;
+    for (; j < count; j++)
+        out[j] = expf((x[j] - shift) * scale);
+}
 
 /* LSTM: xw, hw (rows, 4*hidden); c (rows, hidden) updated in place; h (rows, hidden) out. */
 static inline void fl_lstm_step(int rows, int hidden, const float *xw, const float *hw, float *c,
