@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import fastlstm
+
+# The folder holding the fastlstm these tests import (site-packages after `pip install .`, the
+# checkout after an in-place build), so the fresh interpreter imports the same one.
+PACKAGE_PARENT = Path(fastlstm.__file__).resolve().parents[1]
 
 SCRIPT = """
 import sys
@@ -21,12 +25,23 @@ print("ok")
 """
 
 
-def test_import_does_not_import_torch():
+def run_fresh(script: str, tmp_path) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh interpreter, outside the checkout, importing this fastlstm."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
-    )
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_PARENT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_import_does_not_import_torch(tmp_path):
+    result = run_fresh(SCRIPT, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_importing_train_and_cli_does_not_import_torch(tmp_path):
+    script = ("import sys, fastlstm.train, fastlstm.cli\n"
+              "assert not [m for m in sys.modules if m.split('.')[0] == 'torch'], 'torch'\n")
+    result = run_fresh(script, tmp_path)
+    assert result.returncode == 0, result.stderr
 
