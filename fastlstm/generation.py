@@ -82,10 +82,8 @@ class Decoder:
         m = self.model
         p = self.params
         _generate.decode(
-            m.config.rnn_type, m._layers, emb=m._embedding if m._table is None else None,
-            table=m._table, head_panels=m._head_panels, vocab=m.config.vocab_size,
-            head_b=m._head_bias, h=self.h, c=self.c,
-            last=self.last, order=self.order, out=self.out, length=self.length, seen=self.seen,
+            m.config.rnn_type, m._layers, **m._layer0_input(), head_panels=m._head_panels,
+            vocab=m.config.vocab_size, head_b=m._head_bias, h=self.h, c=self.c, last=self.last, order=self.order, out=self.out, length=self.length, seen=self.seen,
             seed=self.seed, stream=self.stream, eos=self.eos, stops=self.stops,
             stop_end=self.stop_end, slot_begin=self.slot_begin, n_active=self.n_active,
             temperature=p.temperature, top_k=p.top_k if p.top_k < m.config.vocab_size else 0,
@@ -112,9 +110,8 @@ def _prefill(model, prompts: list[list[int]], copies: int):
         ids = np.array([i for p in heads for i in prompts[p][:-1]], np.int64)
         offsets = np.cumsum([0] + [len(prompts[p]) - 1 for p in heads]).astype(np.int64)
         gh, gc = h[heads], (c[heads] if c is not None else None)
-        source = {"table": model._table} if model._table is not None else {"emb": model._embedding}
         _rnn.prefill(cfg.rnn_type, model._layers, ids=ids, offsets=offsets, h=gh, c=gc,
-                     **source, num_threads=model.num_threads)
+                     **model._layer0_input(), num_threads=model.num_threads)
         h[heads] = gh
         if c is not None:
             c[heads] = gc

@@ -9,8 +9,8 @@ import numpy as np
 from fastlstm import _rnn
 from fastlstm import generation
 from fastlstm.config import ModelConfig
-from fastlstm.sampling import GenerationParams
 from fastlstm.pack import input_table, pack_layers, panels
+from fastlstm.sampling import GenerationParams
 from fastlstm.threads import resolve_num_threads
 from fastlstm.weights import ModelWeights, read_model_file
 
@@ -81,6 +81,13 @@ class Model:
         self._table = input_table(self._embedding, self._layers[0],
                                   2 * self.config.num_parameters)
 
+    def _layer0_input(self) -> dict:
+        """The kernels' keyword for where layer 0's input comes from: the lookup table of
+        its input projections, or the embedding (then multiplied by W_ih)."""
+        if self._table is not None:
+            return {"table": self._table, "emb": None}
+        return {"table": None, "emb": self._embedding}
+
     @property
     def nbytes(self) -> int:
         """Bytes of weights held in memory (the lookup table and the decode loop's panel
@@ -129,9 +136,8 @@ class Model:
         cfg = self.config
         h, c = state_buffers(state, cfg.rnn_type, cfg.num_layers, batch, cfg.output_size,
                              cfg.hidden_size)
-        logits = np.empty((batch, steps, self.config.vocab_size), np.float32)
-        source = {"table": self._table} if self._table is not None else {"emb": self._embedding}
-        _rnn.forward(self.config.rnn_type, self._layers, h=h, c=c, ids=ids, **source,
+        logits = np.empty((batch, steps, cfg.vocab_size), np.float32)
+        _rnn.forward(cfg.rnn_type, self._layers, h=h, c=c, ids=ids, **self._layer0_input(),
                      logits=logits, head_w=self._head_weight, head_b=self._head_bias,
                      num_threads=self.num_threads)
         return logits, ((h, c) if c is not None else h)
