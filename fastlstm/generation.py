@@ -9,6 +9,7 @@ streaming calls it once per chunk.
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -88,7 +89,8 @@ class Decoder:
             stop_end=self.stop_end, slot_begin=self.slot_begin, n_active=self.n_active,
             temperature=p.temperature, top_k=p.top_k if p.top_k < m.config.vocab_size else 0,
             top_p=p.top_p, min_p=p.min_p,
-            repetition_penalty=p.repetition_penalty, steps=steps)
+            repetition_penalty=p.repetition_penalty, steps=steps,
+            watch_signals=threading.current_thread() is threading.main_thread())
 
     def row_ids(self, row: int, start: int = 0) -> np.ndarray:
         """The ids generated so far for `row`, from position `start`."""

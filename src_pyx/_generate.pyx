@@ -12,6 +12,8 @@
 # fastlstm.generation validates every input and owns these arrays; this module trusts them.
 
 from cython.parallel cimport prange
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+cimport openmp
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
@@ -23,10 +25,45 @@ from stack cimport (Layer, cell_code, float_ptr, gates_of, input_projection, lay
 
 import numpy as np
 
+
+cdef extern from "Python.h":
+    # Runs Python's signal handlers; -1 with the exception set if one raised.  Needs the GIL.
+    int PyErr_CheckSignals()
+
+
+cdef inline long long now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1_000_000_000LL + ts.tv_nsec
+
+
+cdef inline bint interrupted(int *cancel, bint watch, long long *next_check) noexcept nogil:
+    """Whether to stop now.  The watching thread (the Python thread that called, when that is
+    the main thread) takes the GIL every 10 ms to run signal handlers; a KeyboardInterrupt
+    stays set as the pending exception, and `cancel` stops every thread."""
+    cdef long long t
+    if watch:
+        t = now_ns()
+        if t >= next_check[0]:
+            next_check[0] = t + SIGNAL_CHECK_NS
+            with gil:
+                if PyErr_CheckSignals() < 0:
+                    cancel[0] = 1
+    return cancel[0] != 0
+
+
+cdef int raise_pending() except -1:
+    """Hand the exception a signal handler left pending to Cython's error handling."""
+    return -1
+
 cdef enum:
     OK = 0
     NO_MEMORY = -1
     NAN_LOGITS = -2
+    INTERRUPTED = -3
+
+# How often the calling thread looks for a pending signal (Ctrl-C) while it generates.
+cdef long long SIGNAL_CHECK_NS = 10_000_000
 
 
 cdef struct Run:
@@ -97,7 +134,8 @@ cdef inline void swap_slots(Run *run, int a, int b, float *tmp) noexcept nogil:
     t = run.order[a]; run.order[a] = run.order[b]; run.order[b] = t
 
 
-cdef int decode_slots(Run *run, int begin, int *n_active, int steps) noexcept nogil:
+cdef int decode_slots(Run *run, int begin, int *n_active, int steps, int *cancel,
+                      bint watch) noexcept nogil:
     """Generate up to `steps` tokens for the running rows in slots [begin, begin + *n_active).
     Rows that stop are moved behind the running ones and *n_active shrinks."""
     cdef int G = gates_of(run.cell), V = run.vocab
@@ -133,7 +171,11 @@ cdef int decode_slots(Run *run, int begin, int *n_active, int steps) noexcept no
         status = NO_MEMORY
         steps = 0
 
+    cdef long long next_check = 0
     for step in range(steps):
+        if interrupted(cancel, watch, &next_check):
+            status = INTERRUPTED
+            break
         n = n_active[0]
         if n == 0:
             break
@@ -197,12 +239,15 @@ cdef int decode_slots(Run *run, int begin, int *n_active, int steps) noexcept no
 def decode(str rnn_type, list layers, *, emb, table, head_panels, int vocab, head_b,
            h, c, last, order, out, length, seen, seed, stream, eos, stops, stop_end,
            slot_begin, n_active, double temperature, int top_k, double top_p, double min_p,
-           double repetition_penalty, int steps):
+           double repetition_penalty, int steps, bint watch_signals=False):
     """Run up to `steps` decode steps for every running row (see fastlstm.generation.Decoder,
     which owns and documents every array).  Thread t works on slots [slot_begin[t],
     slot_begin[t+1]), of which the first n_active[t] are running.  Raises FloatingPointError
-    if the logits of a row hold NaN or +inf (the state is then left mid-step)."""
+    if the logits of a row hold NaN or +inf, and whatever a signal handler raised (Ctrl-C:
+    KeyboardInterrupt) when watch_signals is set; the run is then left mid-step.
+    watch_signals: the caller is Python's main thread, so signals can be handled here."""
     cdef Run run
+    cdef int cancel = 0
     cdef int t, nthreads = len(n_active), failed = OK
     cdef int64_t[::1] last_v = last, order_v = order, length_v = length
     cdef int64_t[:, ::1] out_v = out
@@ -249,7 +294,8 @@ def decode(str rnn_type, list layers, *, emb, table, head_panels, int vocab, hea
     try:
         with nogil:
             for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-                status[t] = decode_slots(&run, begin_v[t], &active_v[t], steps)
+                status[t] = decode_slots(&run, begin_v[t], &active_v[t], steps, &cancel,
+                                         watch_signals and openmp.omp_get_thread_num() == 0)
     finally:
         free(run.layers)
     for t in range(nthreads):
@@ -257,6 +303,8 @@ def decode(str rnn_type, list layers, *, emb, table, head_panels, int vocab, hea
             failed = status[t]
     if failed == NO_MEMORY:
         raise MemoryError("fastlstm: could not allocate the decode loop's scratch buffers")
+    if failed == INTERRUPTED or cancel:
+        raise_pending()
     if failed == NAN_LOGITS:
         raise FloatingPointError("the model produced NaN or infinite logits; no token was "
                                  "sampled from them")
