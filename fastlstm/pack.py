@@ -65,5 +65,4 @@ def input_table(embedding: np.ndarray, layer0: PackedLayer, budget: int) -> np.n
     vocab, gates_hidden = embedding.shape[0], layer0.w_ih.shape[0]
     if vocab * gates_hidden > budget:
         return None
-    table = embedding.astype(np.float64) @ layer0.w_ih.T.astype(np.float64) + layer0.bias_x
-    return _c_float32(table)
+    return _c_float32(embedding @ layer0.w_ih.T + layer0.bias_x)

@@ -66,6 +66,7 @@ cdef int run_rows(const Job *job, int b0, int b1) noexcept nogil:
     cdef float *h_state
     cdef float *c_state
     cdef int64_t token
+    cdef float beta
 
     if chunk > T:
         chunk = T
@@ -129,18 +130,29 @@ cdef int run_rows(const Job *job, int b0, int b1) noexcept nogil:
 
         # inp now holds the top layer's output for the chunk, time-major (tc, nb, out_last).
         L = &job.layers[job.num_layers - 1]
-        for s in range(tc):
-            if job.logits != NULL:
-                if job.head_b != NULL:
-                    for r in range(nb):
+        if job.logits != NULL:
+            beta = 0.0
+            if job.head_b != NULL:
+                beta = 1.0
+                for r in range(nb):
+                    for s in range(tc):
                         memcpy(job.logits + (<size_t> (b0 + r) * T + t0 + s) * job.vocab,
                                job.head_b, job.vocab * sizeof(float))
-                # logits := top . W_head^T (+ bias); rows of one step are `steps * vocab` apart
-                # in the caller's (batch, steps, vocab) array.
-                matmul_wt(nb, job.vocab, L.out_size, inp + <size_t> s * nb * L.out_size,
-                          L.out_size, job.head_w, 1.0 if job.head_b != NULL else 0.0,
-                          job.logits + (<size_t> b0 * T + t0 + s) * job.vocab, T * job.vocab)
-            elif job.y != NULL:
+            # logits := top . W_head^T (+ bias), in as few GEMMs as the layouts allow: one per
+            # batch row (its steps are nb rows apart in inp, contiguous in the logits), or one
+            # per step (its rows are `steps * vocab` apart in the caller's logits).
+            if tc >= nb:
+                for r in range(nb):
+                    matmul_wt(tc, job.vocab, L.out_size, inp + <size_t> r * L.out_size,
+                              nb * L.out_size, job.head_w, beta,
+                              job.logits + (<size_t> (b0 + r) * T + t0) * job.vocab, job.vocab)
+            else:
+                for s in range(tc):
+                    matmul_wt(nb, job.vocab, L.out_size, inp + <size_t> s * nb * L.out_size,
+                              L.out_size, job.head_w, beta,
+                              job.logits + (<size_t> b0 * T + t0 + s) * job.vocab, T * job.vocab)
+        elif job.y != NULL:
+            for s in range(tc):
                 for r in range(nb):
                     memcpy(job.y + (<size_t> (b0 + r) * T + t0 + s) * L.out_size,
                            inp + (<size_t> s * nb + r) * L.out_size, L.out_size * sizeof(float))
