@@ -1,0 +1,377 @@
+"""Turn a pytest-benchmark JSON from bench/ into Markdown tables, the targets, and a plot.
+
+    python -m bench.report RESULTS.json [-o bench/RESULTS.md] [--plot bench/results.png]
+                           [--stat median|min|mean]
+
+tokens/s = extra_info["tokens"] (tokens one round produces) / the round time statistic
+(median by default).  Ratios compare runtimes of the same run: the machine is noisy, so
+compare ratios from one run, never absolute numbers across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+
+RUNTIMES = {  # name in the JSON -> column title
+    "fastlstm": "fastlstm",
+    "torch": "PyTorch",
+    "torch_onednn_off": "PyTorch oneDNN off",
+    "onnxruntime": "ONNX Runtime",
+    "floor_matmul": "floor: matmuls",
+    "floor_read": "floor: weight read",
+}
+TORCHES = ("torch", "torch_onednn_off")
+COMPETITORS = ("torch", "torch_onednn_off", "onnxruntime")  # real runtimes, not floors
+TARGET_CONFIGS = ("char_lstm_2x512", "char_gru_2x512", "word_lstm_2x650")
+MODES = [("decode", 1), ("decode", 64), ("prefill", 1)]
+
+
+@dataclass(frozen=True)
+class Key:
+    config: str
+    mode: str
+    batch: int
+    threads: int
+
+
+NOISY_CORES = 0.15  # other processes' CPU (plus steal) above this while a benchmark ran: flag it
+
+
+def load_results(path: str, stat: str = "median"):
+    """(tokens/s by Key and runtime, startup extra_info by kind, machine info, run date).
+    The speed table also holds, under "noisy", the runtimes measured while other processes
+    used at least NOISY_CORES of the machine."""
+    with open(path) as f:
+        data = json.load(f)
+    speed: dict[Key, dict[str, float]] = defaultdict(dict)
+    noisy: set[tuple[Key, str]] = set()
+    startup = {}
+    for bench in data["benchmarks"]:
+        info = bench.get("extra_info", {})
+        if bench.get("group") == "startup":
+            startup[info.get("kind", bench["name"])] = info
+            continue
+        if "tokens" not in info or "runtime" not in info:
+            continue
+        key = Key(info["config"], info["mode"], int(info["batch"]), int(info["threads"]))
+        speed[key][info["runtime"]] = info["tokens"] / bench["stats"][stat]
+        if info.get("other_cores", 0.0) + info.get("steal_cores", 0.0) >= NOISY_CORES:
+            noisy.add((key, info["runtime"]))
+    machine = data.get("machine_info", {})
+    machine["noisy"] = noisy
+    return dict(speed), startup, machine, data.get("datetime", "")
+
+
+def configs_in(speed) -> list[str]:
+    seen = []
+    for key in speed:
+        if key.config not in seen:
+            seen.append(key.config)
+    return seen
+
+
+def fmt(x: float | None, ratio: bool = False) -> str:
+    if x is None:
+        return ""
+    if ratio:
+        return f"{x:.2f}x"
+    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
+
+
+def best_torch(row: dict[str, float]) -> float | None:
+    values = [row[r] for r in TORCHES if r in row]
+    return max(values) if values else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------
+
+def machine_lines(machine: dict, date: str, stat: str) -> list[str]:
+    bench = machine.get("fastlstm_bench", {})
+    caches = ", ".join(f"{k} {v}" for k, v in bench.get("caches", {}).items())
+    lines = [
+        f"- CPU: {bench.get('cpu_model', machine.get('cpu', {}).get('brand_raw', '?'))}, "
+        f"{bench.get('cpu_count', '?')} cores ({bench.get('usable_cpus', '?')} usable)"
+        + (f"; caches {caches}" if caches else ""),
+        f"- Python {bench.get('python', machine.get('python_version', '?'))}, "
+        f"numpy {bench.get('numpy', '?')}, torch {bench.get('torch', '?')}, "
+        f"onnxruntime {bench.get('onnxruntime', '?')}, onnx {bench.get('onnx', '?')}, "
+        f"fastlstm {bench.get('fastlstm', '?')} ({bench.get('fastlstm_commit', '?')})",
+    ]
+    if bench.get("blas"):
+        lines.append(f"- BLAS: {'; '.join(bench['blas'])}")
+    load = bench.get("load_average_at_end")
+    lines.append(f"- Date: {bench.get('date_utc', date)}"
+                 + (f"; load average at the end {', '.join(f'{x:.2f}' for x in load)}" if load else "")
+                 + ("; QUICK smoke run (few rounds, short loops)" if bench.get("quick") else ""))
+    lines.append(f"- tokens/s = tokens per round / {stat} round time; decode starts from a "
+                 f"one-token prompt and a zero state; prefill is {bench.get('prefill_tokens', '?')} "
+                 "tokens at batch 1.")
+    return lines
+
+
+def speed_tables(speed, noisy=frozenset()) -> list[str]:
+    lines = []
+    runtimes = [r for r in RUNTIMES if any(r in row for row in speed.values())]
+    for config in configs_in(speed):
+        lines += [f"### {config}", ""]
+        head = ["mode", "B", "T"] + [RUNTIMES[r] for r in runtimes]
+        head += ["fastlstm / best PyTorch", "fastlstm / ORT", "fastlstm / floor matmuls",
+                 "fastlstm / floor read"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|")
+        keys = sorted((k for k in speed if k.config == config),
+                      key=lambda k: (MODES.index((k.mode, k.batch)) if (k.mode, k.batch) in MODES
+                                     else 99, k.threads))
+        for key in keys:
+            row = speed[key]
+            fast = row.get("fastlstm")
+            cells = [key.mode, str(key.batch), str(key.threads)]
+            cells += [fmt(row.get(r)) + (" †" if (key, r) in noisy else "") for r in runtimes]
+            cells += [fmt(ratio(fast, best_torch(row)), True),
+                      fmt(ratio(fast, row.get("onnxruntime")), True),
+                      fmt(ratio(fast, row.get("floor_matmul")), True),
+                      fmt(ratio(fast, row.get("floor_read")), True)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def scaling_table(speed) -> list[str]:
+    lines = ["| config | " + " | ".join(RUNTIMES[r] for r in RUNTIMES if r != "floor_read")
+             + " |", "|---|" + "---:|" * (len(RUNTIMES) - 1)]
+    for config in configs_in(speed):
+        one = speed.get(Key(config, "decode", 64, 1), {})
+        two = speed.get(Key(config, "decode", 64, 2), {})
+        if not one or not two:
+            continue
+        cells = [fmt(ratio(two.get(r), one.get(r)), True) for r in RUNTIMES if r != "floor_read"]
+        lines.append(f"| {config} | " + " | ".join(cells) + " |")
+    if len(lines) == 2:
+        return ["Not measured (needs decode at batch 64 with one and two threads).", ""]
+    return lines + [""]
+
+
+def startup_lines(startup) -> list[str]:
+    lines = []
+    imp = startup.get("import")
+    if imp:
+        lines.append(f"- `import fastlstm` in a fresh interpreter: {imp['seconds']:.3f} s "
+                     f"(median; `import numpy` alone: {imp.get('numpy_seconds', float('nan')):.3f} s)")
+        if imp.get("breakdown"):
+            parts = ", ".join(f"{name} {s * 1000:.0f} ms" for name, s in imp["breakdown"])
+            lines.append(f"  - `python -X importtime`, fastlstm's imports (cumulative, one run): "
+                         f"{parts}")
+    first = startup.get("load_first_token")
+    if first:
+        lines.append(f"- `fastlstm.load()` of the bundled model ({first['model_bytes'] / 1e6:.1f} MB) "
+                     f"+ first token: {first['seconds']:.3f} s (load {first['load_seconds']:.3f} s, "
+                     f"first token {first['first_token_seconds']:.3f} s; after the import)")
+    elif imp:
+        lines.append("- load of the bundled model + first token: not measured (no bundled model "
+                     "file at the time of the run)")
+    return lines + [""] if lines else []
+
+
+def targets(speed, startup) -> list[tuple[str, str, float | None, float, str]]:
+    """(target, config, measured, required, comparison, note) for every target of the "Speed"
+    issue; batch-1 notes say what the target asks for against one read of the weights."""
+    rows = []
+
+    def add(text, config, value, required, op=">=", note=""):
+        rows.append((text, config, value, required, op, note))
+
+    def vs_read_floor(row, base, required):
+        """Whether `required` x `base` tokens/s is beyond one read of the fp32 weights."""
+        floor = row.get("floor_read")
+        if base is None or floor is None:
+            return ""
+        need = required * base
+        if need > floor:
+            return f"needs {fmt(need)} tokens/s, above the weight-read floor ({fmt(floor)})"
+        return f"needs {fmt(need)} tokens/s = {need / floor:.2f} of the weight-read floor"
+
+    for config in TARGET_CONFIGS:
+        b1 = speed.get(Key(config, "decode", 1, 1), {})
+        b64 = speed.get(Key(config, "decode", 64, 1), {})
+        pre = speed.get(Key(config, "prefill", 1, 1), {})
+        b64_2 = speed.get(Key(config, "decode", 64, 2), {})
+        fast = b1.get("fastlstm")
+        add("batch-1 decode vs better PyTorch", config, ratio(fast, best_torch(b1)), 4.0,
+            note=vs_read_floor(b1, best_torch(b1), 4.0))
+        add("batch-1 decode vs ONNX Runtime", config, ratio(fast, b1.get("onnxruntime")), 2.0,
+            note=vs_read_floor(b1, b1.get("onnxruntime"), 2.0))
+        add("batch-1 decode vs bare-BLAS floor (matmuls)", config,
+            ratio(fast, b1.get("floor_matmul")), 0.85)
+        fast = b64.get("fastlstm")
+        add("batch-64 decode vs better PyTorch", config, ratio(fast, best_torch(b64)), 1.5)
+        add("batch-64 decode vs ONNX Runtime", config, ratio(fast, b64.get("onnxruntime")), 1.2)
+        add("prefill 1,000 tokens vs better PyTorch", config,
+            ratio(pre.get("fastlstm"), best_torch(pre)), 1.5)
+        add("batch-64 decode, two threads vs one", config,
+            ratio(b64_2.get("fastlstm"), b64.get("fastlstm")), 1.6)
+    imp = startup.get("import")
+    add("`import fastlstm` (s)", "", imp["seconds"] if imp else None, 0.3, "<=")
+    first = startup.get("load_first_token")
+    add("load bundled model + first token, after import (s)", "",
+        first["seconds"] if first else None, 0.3, "<=")
+    return rows
+
+
+def target_lines(rows) -> list[str]:
+    lines = ["| target (one thread unless said) | config | measured | required | met | note |",
+             "|---|---|---:|---:|:---:|---|"]
+    for text, config, value, required, op, note in rows:
+        unit = "x" if op == ">=" else " s"
+        if value is None:
+            measured, met = "not measured", "-"
+        else:
+            measured = f"{value:.2f}{unit}" if op == ">=" else f"{value:.3f}{unit}"
+            met = "yes" if (value >= required if op == ">=" else value <= required) else "**no**"
+        lines.append(f"| {text} | {config} | {measured} | {op} {required:g}{unit} | {met} | {note} |")
+    return lines + [""]
+
+
+def slow_lines(speed) -> list[str]:
+    """Every row where a real competitor is faster than fastlstm."""
+    lines = []
+    for key, row in speed.items():
+        fast = row.get("fastlstm")
+        if fast is None:
+            continue
+        rivals = {r: row[r] for r in COMPETITORS if r in row}
+        if not rivals:
+            continue
+        winner = max(rivals, key=rivals.get)
+        if rivals[winner] > fast:
+            lines.append(f"- {key.config} {key.mode} B={key.batch} T={key.threads}: "
+                         f"{RUNTIMES[winner]} is {rivals[winner] / fast:.2f}x faster "
+                         f"({fmt(rivals[winner])} vs {fmt(fast)} tokens/s)")
+    return lines or ["- none: fastlstm is the fastest runtime in every row"]
+
+
+def markdown(speed, startup, machine, date, stat) -> str:
+    rows = targets(speed, startup)
+    lines = ["# fastlstm benchmarks", "",
+             "Made by `pytest bench/ --benchmark-json=results.json` and `python -m bench.report "
+             "results.json -o bench/RESULTS.md --plot bench/results.png`.", ""]
+    lines += machine_lines(machine, date, stat)
+    lines += ["", "Every decode runtime runs the same loop per token: step the model, softmax at "
+              "temperature 0.8, sample, feed the id back (fastlstm: `generate_ids`, the loop in C; "
+              "PyTorch: a Python loop over the module with `torch.multinomial`; ONNX Runtime: a "
+              "one-step graph, sampling in NumPy). The floors do only the matrix products "
+              "(NumPy's OpenBLAS, threads limited to T) or only one read of the weight bytes per "
+              "token (one thread). See bench/competitors.py.", ""]
+    noisy = machine.get("noisy", set())
+    lines += ["## Targets", ""] + target_lines(rows)
+    if speed:
+        lines += ["## Tokens per second", ""]
+        if noisy:
+            lines += [f"† measured while other processes (or the hypervisor) took at least "
+                      f"{NOISY_CORES:g} of a core on average: {len(noisy)} of "
+                      f"{sum(len(r) for r in speed.values())} measurements.", ""]
+        else:
+            lines += ["No measurement overlapped other processes using "
+                      f"{NOISY_CORES:g} of a core or more.", ""]
+        lines += speed_tables(speed, noisy)
+        lines += ["## Two threads vs one, decode at batch 64 (tokens/s ratio)", ""]
+        lines += scaling_table(speed)
+    startup_part = startup_lines(startup)
+    if startup_part:
+        lines += ["## Startup", ""] + startup_part
+    if speed:
+        lines += ["## Where a competitor is faster than fastlstm", ""] + slow_lines(speed) + [""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plot
+# ---------------------------------------------------------------------------------------------
+
+def plot(speed, path: str, title: str = "") -> None:
+    """One panel per (mode, threads): each runtime's tokens/s divided by fastlstm's, per
+    config (log scale; below 1 fastlstm is faster), fastlstm's own tokens/s under each label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+    import numpy as np
+
+    configs = configs_in(speed)
+    threads = sorted({k.threads for k in speed})
+    runtimes = [r for r in RUNTIMES if any(r in row for row in speed.values())]
+    colors = dict(zip(RUNTIMES, ["#d62728", "#1f77b4", "#aec7e8", "#ff7f0e", "#7f7f7f", "#c7c7c7"]))
+    fig, axes = plt.subplots(len(threads), len(MODES), figsize=(5.2 * len(MODES), 4.0 * len(threads)),
+                             squeeze=False)
+    width = 0.8 / len(runtimes)
+    for i, t in enumerate(threads):
+        for j, (mode, batch) in enumerate(MODES):
+            ax = axes[i][j]
+            rows = [speed.get(Key(c, mode, batch, t), {}) for c in configs]
+            x = np.arange(len(configs))
+            for n, runtime in enumerate(runtimes):
+                values = [row[runtime] / row["fastlstm"] if runtime in row and row.get("fastlstm")
+                          else np.nan for row in rows]
+                if not all(np.isnan(values)):
+                    ax.bar(x + (n - (len(runtimes) - 1) / 2) * width, values, width,
+                           label=RUNTIMES[runtime], color=colors[runtime])
+            ax.axhline(1.0, color="black", linewidth=0.8)
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.tick_params(axis="y", which="both", labelsize=7)
+            labels = [c.replace("_", " ", 1) + (f"\nfastlstm {fmt(row['fastlstm'])}/s"
+                                                if row.get("fastlstm") else "")
+                      for c, row in zip(configs, rows)]
+            ax.set_xticks(x, labels, fontsize=7.5)
+            ax.set_title(f"{mode} B={batch}, {t} thread{'s' if t > 1 else ''}", fontsize=10)
+            ax.set_ylabel("tokens/s relative to fastlstm", fontsize=8)
+            ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(runtimes), fontsize=9)
+    if title:
+        fig.text(0.5, 0.005, title, ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.02, 1, 0.94))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("json", help="pytest --benchmark-json output of `pytest bench/`")
+    parser.add_argument("-o", "--output", help="write the Markdown here too")
+    parser.add_argument("--plot", help="write a PNG bar chart here")
+    parser.add_argument("--stat", default="median", choices=["median", "min", "mean"],
+                        help="round-time statistic (default: median)")
+    args = parser.parse_args(argv)
+
+    speed, startup, machine, date = load_results(args.json, args.stat)
+    if not speed and not startup:
+        print(f"{args.json}: no fastlstm benchmark results found", file=sys.stderr)
+        return 1
+    text = markdown(speed, startup, machine, date, args.stat)
+    print(text)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    if args.plot:
+        bench = machine.get("fastlstm_bench", {})
+        plot(speed, args.plot, f"{bench.get('cpu_model', '')}, {bench.get('date_utc', date)}; "
+                               f"{args.stat} of rounds")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
