@@ -355,6 +355,8 @@ def main(argv=None) -> int:
     parser.add_argument("--plot", help="write a PNG bar chart here")
     parser.add_argument("--stat", default="median", choices=["median", "min", "mean"],
                         help="round-time statistic (default: median)")
+    parser.add_argument("--notes", help="a Markdown file appended as it is (the analysis of "
+                        "the run: where the time goes, what would close a missed target)")
     args = parser.parse_args(argv)
 
     speed, startup, machine, date = load_results(args.json, args.stat)
@@ -362,6 +364,9 @@ def main(argv=None) -> int:
         print(f"{args.json}: no fastlstm benchmark results found", file=sys.stderr)
         return 1
     text = markdown(speed, startup, machine, date, args.stat)
+    if args.notes:
+        with open(args.notes) as f:
+            text = text.rstrip("\n") + "\n\n" + f.read()
     print(text)
     if args.output:
         with open(args.output, "w") as f:
