@@ -81,13 +81,9 @@ def _add_export(subparsers) -> None:
         "\n"
         "The model must be an Embedding -> LSTM/GRU/RNN -> Linear language model, like\n"
         "the RNNModel of PyTorch's examples/word_language_model.",
-        '  fastlstm generate --prompt "ROMEO:"\n'
         "  fastlstm export model.pt -o model.safetensors --rnn-type LSTM\n"
-        '  fastlstm generate --prompt "ROMEO:"\n'
         "  fastlstm export model.pt -o model.safetensors --vocab vocab.json --tokenizer char\n"
-        '  fastlstm generate --prompt "ROMEO:"\n'
         "  fastlstm export model.pt -o model.safetensors --vocab words.txt   # one word per line\n"
-        '  fastlstm generate --prompt "ROMEO:"\n'
         "  fastlstm export model.pt -o model.safetensors --tokenizer byte",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT.pt", help="the PyTorch checkpoint to convert")
