@@ -16,7 +16,7 @@ model is a ValueError that says what is wrong.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import re
 import struct
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastlstm.config import GATES, ModelConfig, check_rnn_type
+from fastlstm.tokenizers import json_structure, loads_untrusted_json
 
 # Metadata keys fastlstm writes; every other metadata entry may be a save_model alias.
 METADATA_KEYS = ("format", "format_version", "rnn_type", "tokenizer")
@@ -32,8 +33,29 @@ FORMAT_VERSION = "1"
 
 _DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": None}
 _DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-_RECURRENT_KEY = re.compile(r"^(?P<prefix>.*?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
-                            r"_l(?P<layer>\d+)(?P<reverse>_reverse)?$")
+_DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
+# PyTorch's own names only: layer numbers in ASCII without leading zeros, nothing after them
+# (`$` would also match before a final newline, and `\d` any Unicode digit, so "..._l1\n",
+# "..._l01" and "..._l\u0661" would each have been a second layer 1).
+_RECURRENT_KEY = re.compile(r"(?P<prefix>.*?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
+                            r"_l(?P<layer>0|[1-9][0-9]{0,5})(?P<reverse>_reverse)?\Z",
+                            re.ASCII | re.DOTALL)
+
+# Model files are untrusted input.  What a file may ask for is bounded, so that memory and
+# time stay proportional to its size (see tests/test_fuzz.py for the measured factors):
+MAX_HEADER_BYTES = 100_000_000  # the JSON header; safetensors' own limit
+MAX_TENSORS = 10_000  # a 2,000-layer stack; real models have a few dozen tensors
+# JSON objects/arrays and values in the header, counted before it is parsed: each tensor entry
+# has 3 of the first and 7 of the second, each metadata entry (an alias) one value.
+MAX_HEADER_CONTAINERS = 3 * MAX_TENSORS + 2
+MAX_HEADER_SEPARATORS = 8 * MAX_TENSORS + 10_000
+MAX_NAME_CHARS = 65_536  # tensor names and metadata keys (state_dict keys are module paths)
+MAX_NDIM = 8  # model tensors are 1-D or 2-D; a few more dims get a clear "unexpected tensor"
+MAX_DIM = 2**31 - 64  # the kernels index rows and columns with C ints (panels pad to 16)
+# The largest pre-activation or logit the weights may produce, from |w| row sums: weights
+# beyond this are corrupt (trained models stay below 1e3), and would overflow float32 into
+# inf and NaN.  1e20 leaves 1e18 of headroom below float32's 3.4e38.
+MAX_ACTIVATION = 1e20
 
 
 @dataclass
@@ -85,6 +107,9 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     Returns (tensors, metadata, dtype) where dtype names the file's weight precision
     ("float32", "float16", "bfloat16", or "mixed").  Raises FileNotFoundError for a missing
     file and ValueError for anything that is not a well-formed safetensors file of float tensors.
+
+    The file is untrusted: every header field is checked here (`_read_header`) before any
+    tensor data is touched, and then safetensors itself must read the header the same way.
     """
     import safetensors  # deferred: keeps `import fastlstm` cheap
 
@@ -93,36 +118,132 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
         raise FileNotFoundError(f"no model file at {path!r}")
     with open(path, "rb") as f:
         data = f.read()
+    header, metadata = _read_header(path, data)
+    try:
+        entries = safetensors.deserialize(data)  # the format's own reader must agree
+    except (ValueError, safetensors.SafetensorError) as e:
+        raise ValueError(f"{path}: not a valid safetensors file: {e}") from None
+    seen = {name: (entry["dtype"], tuple(entry["shape"])) for name, entry in entries}
+    if seen != header:
+        raise ValueError(f"{path}: not a valid safetensors file: safetensors reads its header "
+                         f"differently from fastlstm")
+
+    tensors, dtypes = {}, set()
+    with np.errstate(all="ignore"):  # float64 beyond float32's range becomes inf, refused later
+        for name, entry in entries:
+            dtype, shape = entry["dtype"], tuple(entry["shape"])
+            if dtype == "BF16":  # NumPy has no bfloat16: its bits are the top half of a float32
+                bits = np.frombuffer(entry["data"], dtype="<u2").astype(np.uint32) << 16
+                array = bits.view(np.float32)
+            else:
+                array = np.frombuffer(entry["data"], dtype=_DTYPES[dtype]).astype(np.float32)
+            tensors[name] = array.reshape(shape)
+            dtypes.add(_DTYPE_NAMES[dtype])
+    return tensors, metadata, dtypes.pop() if len(dtypes) == 1 else "mixed"
+
+
+def _read_header(path: str, data: bytes) -> tuple[dict[str, tuple[str, tuple[int, ...]]],
+                                                   dict[str, str]]:
+    """Check a safetensors file's 8-byte length and JSON header against the file's bytes.
+
+    Returns ({tensor name: (dtype, shape)}, metadata).  Every tensor must be a float dtype
+    fastlstm reads, with a shape of 1..MAX_NDIM non-zero dimensions whose bytes are exactly
+    its data_offsets span, and the spans must tile the data that follows the header with no
+    gap or overlap; the header's size and number of entries are bounded.
+    """
+    def bad(message: str) -> ValueError:
+        return ValueError(f"{path}: not a valid safetensors file: {message}")
+
     if len(data) < 8:
         raise ValueError(f"{path}: not a safetensors file (only {len(data)} bytes)")
-    (header_len,) = struct.unpack("<Q", data[:8])
+    (header_len,) = struct.unpack_from("<Q", data)
     if header_len > len(data) - 8:
         raise ValueError(f"{path}: truncated or not a safetensors file: the header claims "
                          f"{header_len} bytes but the file has {len(data) - 8} after the length")
+    if header_len > MAX_HEADER_BYTES:
+        raise bad(f"the header claims {header_len:,} bytes; at most {MAX_HEADER_BYTES:,} "
+                  "are allowed")
     try:
-        header = json.loads(data[8:8 + header_len])
-        entries = safetensors.deserialize(data)  # checks offsets, sizes and dtypes
-    except (ValueError, UnicodeDecodeError, safetensors.SafetensorError) as e:
-        raise ValueError(f"{path}: not a valid safetensors file: {e}") from None
-    metadata = header.get("__metadata__") or {}
+        text = str(memoryview(data)[8:8 + header_len], "utf-8")
+    except UnicodeDecodeError as e:
+        raise bad(f"the header is not UTF-8 text ({e})") from None
+    if not text.startswith("{"):
+        raise bad("the header is not a JSON object (it must start with '{')")
+    try:
+        header = loads_untrusted_json(text, "the header", MAX_HEADER_CONTAINERS,
+                                      MAX_HEADER_SEPARATORS)
+    except ValueError as e:
+        raise bad(str(e)) from None
+    if not isinstance(header, dict):
+        raise bad(f"the header is a JSON {type(header).__name__}, not an object")
+
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise ValueError(f"{path}: __metadata__ must map strings to strings")
+    if len(header) > MAX_TENSORS:
+        raise bad(f"{len(header):,} tensors; fastlstm models have at most {MAX_TENSORS:,}")
+    for name in (*header, *metadata):
+        if len(name) > MAX_NAME_CHARS:
+            raise bad(f"a tensor name or metadata key of {len(name):,} characters "
+                      f"({name[:40]!r}...); at most {MAX_NAME_CHARS:,} are allowed")
 
-    tensors, dtypes = {}, set()
-    for name, entry in entries:
-        dtype = entry["dtype"]
-        if dtype not in _DTYPES:
+    data_len = len(data) - 8 - header_len
+    spans, found = [], {}
+    for name, entry in header.items():
+        what = f"tensor {name!r}"
+        if not isinstance(entry, dict):
+            raise bad(f"{what}: its header entry is a JSON {type(entry).__name__}, not an "
+                      "object with dtype, shape and data_offsets")
+        missing = {"dtype", "shape", "data_offsets"} - entry.keys()
+        unknown = entry.keys() - {"dtype", "shape", "data_offsets"}
+        if missing or unknown:
+            raise bad(f"{what}: its header entry must hold exactly dtype, shape and "
+                      f"data_offsets (missing: {sorted(missing)}, unknown: {sorted(unknown)})")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str):
+            raise bad(f"{what}: dtype {dtype!r} is not a string")
+        if dtype not in _DTYPE_SIZES:
             raise ValueError(f"{path}: tensor {name!r} has dtype {dtype}; fastlstm reads "
                              f"floating-point tensors only ({', '.join(_DTYPE_NAMES)})")
-        shape = tuple(entry["shape"])
-        if dtype == "BF16":  # NumPy has no bfloat16: its bits are the top half of a float32
-            bits = np.frombuffer(entry["data"], dtype="<u2").astype(np.uint32) << 16
-            array = bits.view(np.float32)
-        else:
-            array = np.frombuffer(entry["data"], dtype=_DTYPES[dtype]).astype(np.float32)
-        tensors[name] = array.reshape(shape)
-        dtypes.add(_DTYPE_NAMES[dtype])
-    return tensors, metadata, dtypes.pop() if len(dtypes) == 1 else "mixed"
+        if not _is_int_list(shape) or any(d < 0 for d in shape):
+            raise bad(f"{what}: shape {shape!r} is not a list of non-negative integers")
+        if len(shape) > MAX_NDIM:
+            raise bad(f"{what} has {len(shape)} dimensions; model tensors have 1 or 2")
+        if 0 in shape:
+            raise ValueError(f"{path}: tensor {name!r} is empty (shape {tuple(shape)}); every "
+                             "tensor of a model holds at least one value")
+        if max(shape, default=1) > MAX_DIM:
+            raise bad(f"{what}: shape {tuple(shape)} has a dimension over {MAX_DIM:,}")
+        if not _is_int_list(offsets) or len(offsets) != 2 or not 0 <= offsets[0] <= offsets[1]:
+            raise bad(f"{what}: data_offsets {offsets!r} is not a [begin, end] pair of "
+                      "integers with 0 <= begin <= end")
+        begin, end = offsets
+        nbytes = math.prod(shape) * _DTYPE_SIZES[dtype]
+        if end - begin != nbytes:
+            raise bad(f"{what}: data_offsets [{begin}, {end}] span {end - begin} bytes, but "
+                      f"{dtype} {tuple(shape)} takes {nbytes}")
+        if end > data_len:
+            raise bad(f"truncated or corrupted: {what} ends at byte {end} of the data, which "
+                      f"holds {data_len} bytes")
+        spans.append((begin, end, name))
+        found[name] = (dtype, tuple(shape))
+    position = 0
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            raise bad(f"tensor {name!r} begins at byte {begin} of the data, where "
+                      f"{'the previous tensor still runs' if begin < position else 'nothing'} "
+                      f"ends: tensors must be stored back to back (byte {position})")
+        position = end
+    if position != data_len:
+        raise bad(f"{data_len - position} bytes after the last tensor's data (a corrupted "
+                  "header or a concatenated file)")
+    return found, metadata
+
+
+def _is_int_list(value) -> bool:
+    return isinstance(value, list) and all(type(v) is int for v in value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +364,6 @@ def find_roles(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None =
     `Embedding -> LSTM/GRU/RNN -> Linear` model.
     """
     metadata = dict(metadata or {})
-    tensors = dict(tensors)
     stored_type = metadata.get("rnn_type")
     if stored_type is not None:
         stored_type = check_rnn_type(stored_type)
@@ -251,11 +371,27 @@ def find_roles(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None =
             raise ValueError(f"rnn_type={rnn_type!r} contradicts the file's metadata "
                              f"rnn_type={stored_type!r}")
     rnn_type = rnn_type or stored_type
-    aliases = {}
+    for name, array in tensors.items():
+        if array.size == 0:
+            raise ValueError(f"tensor {name!r} is empty (shape {array.shape}); every tensor of "
+                             "a model holds at least one value")
+        if max(array.shape, default=1) > MAX_DIM:
+            raise ValueError(f"tensor {name!r} has shape {array.shape}: fastlstm's kernels "
+                             f"take at most {MAX_DIM:,} rows or columns")
+    # save_model's {dropped: kept}: only a stored tensor can be kept (no chains), and only
+    # the embedding/head pair is ever shared.  A recurrent weight standing for another would
+    # let a few bytes of metadata repeat one layer thousands of times at load.
+    stored = tensors
+    tensors, aliases = dict(stored), {}
     for dropped, kept in metadata.items():
-        if dropped not in METADATA_KEYS and kept in tensors and dropped not in tensors:
-            tensors[dropped] = tensors[kept]
-            aliases[dropped] = kept
+        if dropped in METADATA_KEYS or dropped in stored or kept not in stored:
+            continue
+        if _RECURRENT_KEY.match(dropped) or _RECURRENT_KEY.match(kept):
+            raise ValueError(f"the metadata stores {dropped!r} as {kept!r}, but recurrent "
+                             "layers share no weights: only a head tied to its embedding may "
+                             "be stored once")
+        tensors[dropped] = stored[kept]
+        aliases[dropped] = kept
 
     prefix = _recurrent_prefix(tensors)
     recurrent = find_recurrent_layers(tensors, rnn_type, prefix)
@@ -302,6 +438,7 @@ def find_roles(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None =
     for name, array in tensors.items():
         if not np.isfinite(array).all():
             raise ValueError(f"tensor {name!r} contains NaN or Inf")
+    _check_magnitudes(embedding, recurrent, head_weight, head_bias, prefix, head_name)
 
     tied = aliases.get(head_name) == emb_name or aliases.get(emb_name) == head_name or (
         embedding.shape == head_weight.shape and np.array_equal(embedding, head_weight))
@@ -313,6 +450,43 @@ def find_roles(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None =
     if bias_name:
         names["head_bias"] = bias_name
     return ModelWeights(config, embedding, recurrent, head_weight, head_bias, names)
+
+
+def _check_magnitudes(embedding, recurrent: RecurrentWeights, head_weight, head_bias,
+                      prefix: str, head_name: str) -> None:
+    """Refuse weights whose pre-activations or logits could leave float32's range.
+
+    |W x + b| <= max row sum of |W| * max |x| + max |b|, and the states that feed each layer
+    are bounded by the cell itself (|h| <= 1 for LSTM, GRU and tanh RNN; a projection scales
+    it by its row sums).  Beyond MAX_ACTIVATION the sums overflow to inf and NaN, which a
+    finite but corrupted weight (one flipped exponent bit makes 0.3 into 1e38) would cause.
+    A ReLU RNN's state has no bound over time, as in PyTorch, so only its first step is checked.
+    """
+    def row_sum(w) -> float:
+        return float(np.abs(w).sum(axis=1, dtype=np.float64).max())
+
+    def largest(v) -> float:
+        return 0.0 if v is None else float(np.abs(v).max())
+
+    def check(bound: float, what: str) -> None:
+        if not bound <= MAX_ACTIVATION:
+            raise ValueError(f"weights too large: {what} can reach {bound:.3g}, beyond the "
+                             f"{MAX_ACTIVATION:.0e} fastlstm computes safely in float32 "
+                             "(a corrupted file?)")
+
+    relu = recurrent.rnn_type == "RNN_RELU"
+    x = largest(embedding)  # what layer 0 reads
+    for k, layer in enumerate(recurrent.layers):
+        h = 0.0 if relu else 1.0  # the recurrent input: |h| before any projection
+        if layer.weight_hr is not None:
+            h *= row_sum(layer.weight_hr)
+        check(row_sum(layer.weight_ih) * x + row_sum(layer.weight_hh) * h
+              + largest(layer.bias_ih) + largest(layer.bias_hh),
+              f"a gate of layer {k} ('{prefix}weight_ih_l{k}' ...)")
+        if relu:
+            return
+        x = h
+    check(row_sum(head_weight) * x + largest(head_bias), f"a logit ({head_name!r})")
 
 
 def _break_tie(options, matrices, vectors):
@@ -340,6 +514,19 @@ def read_model_file(path, rnn_type: str | None = None) -> tuple[ModelWeights, di
             raise ValueError(f"format_version {metadata.get('format_version')!r} is not one this "
                              f"fastlstm reads ({FORMAT_VERSION!r}); upgrade fastlstm")
         weights = find_roles(tensors, metadata, rnn_type)
+        if "tokenizer" in metadata:
+            _check_tokenizer_size(metadata["tokenizer"], weights.config.vocab_size)
     except ValueError as e:
         raise ValueError(f"{os.fspath(path)}: {e}") from None
     return weights, metadata, dtype
+
+
+def _check_tokenizer_size(tokenizer_json: str, vocab_size: int) -> None:
+    """Before the tokenizer is built (fastlstm.tokenizers.tokenizer_from_json): its JSON must
+    not list more tokens than the model has rows, so the Python objects of its vocabulary stay
+    proportional to the tensor data.  A vocab of n tokens has n - 1 commas; the object, up to
+    3 more.  (Whether it has exactly vocab_size tokens is checked once it is built.)"""
+    _, separators = json_structure(tokenizer_json)
+    if separators > vocab_size + 3:
+        raise ValueError(f"bad tokenizer metadata: its JSON lists about {separators - 2:,} "
+                         f"tokens, but the model's vocabulary is {vocab_size:,}")
