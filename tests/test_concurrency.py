@@ -277,20 +277,20 @@ def test_generation_releases_the_gil(record_property, kind):
     else:
         ids = np.resize(model.tokenizer.encode("ROMEO.\nWhat say you?\n"), (1, 2000))
         gen = lambda: model.forward(ids)  # noqa: E731
-    hold = lambda: sum(range(10_000_000))  # noqa: E731  (one C call, GIL held throughout)
+    hold = lambda: sum(range(20_000_000))  # noqa: E731  (one C call, GIL held throughout)
     gen()
     ratios, controls = [], []
     for _ in range(3):
         solo = count_for(0.2) / 0.2
         ratios.append(counter_rate_while(gen) / solo)
         controls.append(counter_rate_while(hold) / solo)
-        if max(ratios) > 0.3 and min(controls) < 0.2:
+        if max(ratios) > 0.3 and min(controls) < 0.25:
             break
     record_property("gil_free_counter_ratio", round(max(ratios), 3))
     record_property("gil_held_control_ratio", round(min(controls), 3))
     print(f"\n{kind}: counter rate while the worker runs / alone: {max(ratios):.2f} "
           f"(control, GIL held: {min(controls):.2f})")
-    assert min(controls) < 0.2, f"the control did not block the counter: {controls}"
+    assert min(controls) < 0.25, f"the control did not block the counter: {controls}"
     assert max(ratios) > 0.3, f"the main thread barely ran while another generated: {ratios}"
 
 
