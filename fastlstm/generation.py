@@ -83,7 +83,7 @@ class Decoder:
         m = self.model
         p = self.params
         _generate.decode(
-            m.config.rnn_type, m._layers, **m._layer0_input(), head_panels=m._head_panels,
+            m.config.rnn_type, m._layers, **m._layer0_input(), head=m._head,
             vocab=m.config.vocab_size, head_b=m._head_bias, h=self.h, c=self.c, last=self.last, order=self.order, out=self.out, length=self.length, seen=self.seen,
             seed=self.seed, stream=self.stream, eos=self.eos, stops=self.stops,
             stop_end=self.stop_end, slot_begin=self.slot_begin, n_active=self.n_active,

@@ -9,7 +9,8 @@ import numpy as np
 from fastlstm import _rnn
 from fastlstm import generation
 from fastlstm.config import ModelConfig
-from fastlstm.pack import input_table, pack_layers, panels
+from fastlstm.pack import input_table, pack_layers, pack_matrix
+from fastlstm.precision import DTYPES, check_dtype, convert
 from fastlstm.sampling import GenerationParams
 from fastlstm.threads import resolve_num_threads
 from fastlstm.weights import ModelWeights, read_model_file
@@ -21,14 +22,18 @@ State = "np.ndarray | tuple[np.ndarray, np.ndarray]"
 BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "data", "shakespeare_char_lstm.safetensors")
 
 
-def load(path: str | os.PathLike | None = None, *, rnn_type: str | None = None,
-         num_threads: int | None = None) -> Model:
+def load(path: str | os.PathLike | None = None, *, dtype: str | None = None,
+         rnn_type: str | None = None, num_threads: int | None = None) -> Model:
     """Load a model from a safetensors file (no path: the bundled Shakespeare char-LSTM).
 
     Args:
         path: a fastlstm file (from `fastlstm.export` or `fastlstm train`), or a PyTorch
             state_dict saved with `safetensors.torch.save_file` / `save_model`, whatever its
             module prefixes.  None loads the model that ships with fastlstm.
+        dtype: the precision the weights are held in: "float32", "float16", "bfloat16" or
+            "int8" (per-output-row scales).  Arithmetic is float32 in every case; fewer bytes
+            per weight make batch-1 generation faster (see fastlstm.precision).  None keeps
+            the file's precision (float64 and mixed files load as float32).
         rnn_type: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU", for files whose shapes and
             metadata cannot tell (plain RNN weights without metadata); must agree with both.
         num_threads: threads per call; None uses OMP_NUM_THREADS or all usable cores.
@@ -39,7 +44,11 @@ def load(path: str | os.PathLike | None = None, *, rnn_type: str | None = None,
     """
     if path is None:
         path = BUNDLED_MODEL
-    weights, metadata, dtype = read_model_file(path, rnn_type)
+    if dtype is not None:
+        dtype = check_dtype(dtype)
+    weights, metadata, stored_dtype = read_model_file(path, rnn_type)
+    if dtype is None:
+        dtype = stored_dtype if stored_dtype in DTYPES else "float32"
     tokenizer = None
     if "tokenizer" in metadata:
         from fastlstm.tokenizers import tokenizer_from_json
@@ -58,8 +67,8 @@ def load(path: str | os.PathLike | None = None, *, rnn_type: str | None = None,
 class Model:
     """An `Embedding -> LSTM/GRU/RNN -> Linear` language model, ready to run.
 
-    Build it with `fastlstm.load`.  Weights are packed once here; every call allocates its
-    outputs and runs the whole stack in one nogil kernel.
+    Build it with `fastlstm.load`.  Weights are converted to `dtype` and packed once here;
+    every call allocates its outputs and runs the whole stack in one nogil kernel.
     """
 
     def __init__(self, weights: ModelWeights, *, tokenizer=None, num_threads: int | None = None,
@@ -67,36 +76,43 @@ class Model:
         self.config: ModelConfig = weights.config
         self.tokenizer = tokenizer
         self.num_threads = resolve_num_threads(num_threads)
-        self.dtype = dtype
+        self.dtype = dtype = check_dtype(dtype)
         self.path = path
-        self._embedding = np.ascontiguousarray(weights.embedding, dtype=np.float32)  # (V, E)
-        self._layers = pack_layers(weights.recurrent)
-        self._head_weight = np.ascontiguousarray(weights.head_weight, dtype=np.float32)  # (V, out)
-        self._head_panels = panels(self._head_weight)  # for the decode loop
+        self._layers = pack_layers(weights.recurrent, dtype)
+        head = convert(weights.head_weight, dtype, "the head")  # (V, out)
+        self._head = pack_matrix(head)
+        # float32 models also keep the head row-major, for BLAS in forward().
+        self._head_weight = head.data if dtype == "float32" else None
         self._head_bias = (None if weights.head_bias is None
                            else np.ascontiguousarray(weights.head_bias, dtype=np.float32))  # (V,)
+        embedding = convert(weights.embedding, dtype, "the embedding")  # (V, E)
         # Layer 0's input projections for every token, unless that table would hold more than
         # twice the model's parameters (a word model's 10k x 4*650 table still qualifies: it
-        # saves a 650 x 2600 product per token, 13% of the bytes a token reads).
-        self._table = input_table(self._embedding, self._layers[0],
-                                  2 * self.config.num_parameters)
+        # saves a 650 x 2600 product per token, 13% of the bytes a token reads).  It is
+        # float32 in every precision, computed from the weights as `dtype` rounded them, so
+        # the model computes exactly what its stored weights define; a step reads one row.
+        layer0 = weights.recurrent.layers[0]
+        rounded0 = type(layer0)(convert(layer0.weight_ih, dtype).to_float32(), layer0.weight_hh)
+        table = input_table(embedding.to_float32(), rounded0, self._layers[0].bias_x,
+                            2 * self.config.num_parameters)
+        self._table = None if table is None else convert(table, "float32")
+        self._embedding = embedding if table is None else None
 
     def _layer0_input(self) -> dict:
         """The kernels' keyword for where layer 0's input comes from: the lookup table of
         its input projections, or the embedding (then multiplied by W_ih)."""
-        if self._table is not None:
-            return {"table": self._table, "emb": None}
-        return {"table": None, "emb": self._embedding}
+        return {"table": self._table, "emb": self._embedding}
 
     @property
     def nbytes(self) -> int:
-        """Bytes of weights held in memory (the lookup table and the decode loop's panel
-        copies included)."""
-        arrays = [self._embedding, self._head_weight, self._head_panels, self._head_bias,
-                  self._table]
+        """Bytes of weights held in memory (the lookup table and, for float32 models, the
+        row-major copies BLAS reads included)."""
+        arrays = [self._head_weight, self._head.panels, self._head.scale, self._head_bias]
+        for rows in (self._table, self._embedding):
+            if rows is not None:
+                arrays += [rows.data, rows.scale]
         for layer in self._layers:
-            arrays += [layer.w_ih, layer.w_hh, layer.bias_x, layer.bias_hn, layer.w_hr,
-                       layer.w_ih_panels, layer.w_hh_panels, layer.w_hr_panels]
+            arrays += layer.arrays
         unique = {id(a): a for a in arrays if a is not None}
         return sum(a.nbytes for a in unique.values())
 
@@ -138,7 +154,8 @@ class Model:
                              cfg.hidden_size)
         logits = np.empty((batch, steps, cfg.vocab_size), np.float32)
         _rnn.forward(cfg.rnn_type, self._layers, h=h, c=c, ids=ids, **self._layer0_input(),
-                     logits=logits, head_w=self._head_weight, head_b=self._head_bias,
+                     logits=logits, head=self._head, head_w=self._head_weight,
+                     head_b=self._head_bias,
                      num_threads=self.num_threads)
         return logits, ((h, c) if c is not None else h)
 

@@ -1,4 +1,4 @@
-"""Lay weights out once, at load, the way the kernels read them."""
+"""Lay weights out once, at load, the way the kernels read them, in the model's precision."""
 
 from __future__ import annotations
 
@@ -6,37 +6,90 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastlstm import _matmul
+from fastlstm.precision import STORAGE, Stored, convert
 from fastlstm.weights import LayerWeights, RecurrentWeights
+
+PANEL = 16  # outputs per panel (matmul.h's FL_PANEL)
+ALIGNMENT = 64  # bytes: panels start on a cache line
+# bfloat16 panel rows interleave the two halves of the panel: position 2i holds output i,
+# 2i + 1 holds output 8 + i (matmul.h's fl_panel_slot), so one load gives both halves.
+_BF16_ORDER = np.array([o for i in range(8) for o in (i, 8 + i)])
+
+
+def aligned_empty(count: int, dtype) -> np.ndarray:
+    """An uninitialised 1-D array of `count` elements whose data is 64-byte aligned."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(count + ALIGNMENT // itemsize, dtype=dtype)
+    offset = (-raw.ctypes.data % ALIGNMENT) // itemsize
+    return raw[offset:offset + count]
+
+
+@dataclass(frozen=True)
+class PackedMatrix:
+    """A weight W (n, k) in matmul.h's panels: panels[p][kk][slot] = W[16p + l, kk]."""
+
+    panels: np.ndarray  # 1-D, 64-byte aligned, ceil(n/16)*16*k elements of the dtype's storage
+    scale: np.ndarray | None  # (n,) float32, int8 only
+    dtype: str
+    n: int
+    k: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.panels.nbytes + (0 if self.scale is None else self.scale.nbytes)
+
+
+def pack_matrix(w: Stored | np.ndarray, dtype: str | None = None) -> PackedMatrix:
+    """W (n, k), float32 (converted to `dtype`) or already `Stored`, packed into panels."""
+    stored = w if isinstance(w, Stored) else convert(w, dtype or "float32")
+    data = stored.data
+    n, k = data.shape
+    padded_n = -(-n // PANEL) * PANEL
+    padded = np.zeros((padded_n, k), dtype=data.dtype)
+    padded[:n] = data
+    panels = padded.reshape(padded_n // PANEL, PANEL, k).transpose(0, 2, 1)  # (np, k, 16)
+    if stored.dtype == "bfloat16":
+        panels = panels[:, :, _BF16_ORDER]
+    out = aligned_empty(panels.size, STORAGE[stored.dtype])
+    out[:] = panels.reshape(-1)
+    return PackedMatrix(out, stored.scale, stored.dtype, n, k)
+
+
+@dataclass(frozen=True)
+class PackedLayer:
+    """One recurrent layer as fastlstm._rnn and fastlstm._generate read it (PyTorch gate
+    order throughout)."""
+
+    hidden_size: int
+    bias_x: np.ndarray  # (gates*hidden,) b_ih + b_hh, added to the input projections once
+    bias_hn: np.ndarray | None  # (hidden,) GRU: b_hh's n part, which r multiplies
+    # The weights in matmul.h's panels, in the model's precision: every product of the decode
+    # loop, and of forward/prefill below float32.  They do not depend on how many rows run
+    # together, which seeded reproducibility needs.
+    w_ih_panels: PackedMatrix  # (gates*hidden, in_size)
+    w_hh_panels: PackedMatrix  # (gates*hidden, out_size)
+    w_hr_panels: PackedMatrix | None  # (proj_size, hidden) LSTM projection
+    # float32 models also keep the row-major weights, for BLAS in forward and prefill.
+    w_ih: np.ndarray | None = None  # (gates*hidden, in_size)
+    w_hh: np.ndarray | None = None  # (gates*hidden, out_size)
+    w_hr: np.ndarray | None = None  # (proj_size, hidden)
+
+    @property
+    def arrays(self) -> list[np.ndarray]:
+        """Every array this layer holds (for Model.nbytes)."""
+        out = [self.bias_x, self.bias_hn, self.w_ih, self.w_hh, self.w_hr]
+        for m in (self.w_ih_panels, self.w_hh_panels, self.w_hr_panels):
+            if m is not None:
+                out += [m.panels, m.scale]
+        return [a for a in out if a is not None]
 
 
 def _c_float32(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-@dataclass(frozen=True)
-class PackedLayer:
-    """One recurrent layer as fastlstm._rnn reads it (PyTorch gate order throughout)."""
-
-    hidden_size: int
-    w_ih: np.ndarray  # (gates*hidden, in_size)
-    w_hh: np.ndarray  # (gates*hidden, out_size)
-    bias_x: np.ndarray  # (gates*hidden,) b_ih + b_hh, added to the input projections once
-    bias_hn: np.ndarray | None  # (hidden,) GRU: b_hh's n part, which r multiplies
-    w_hr: np.ndarray | None  # (proj_size, hidden) LSTM projection
-    # w_ih, w_hh, w_hr again in matmul.h's panels of 16 outputs, for the decode loop, whose
-    # products must not depend on how many rows run together (seeded reproducibility).
-    w_ih_panels: np.ndarray
-    w_hh_panels: np.ndarray
-    w_hr_panels: np.ndarray | None
-
-
-def panels(w: np.ndarray | None) -> np.ndarray | None:
-    """W (n, k) packed for fastlstm._matmul's kernel (1-D, 64-byte aligned)."""
-    return None if w is None else _matmul.pack(w)
-
-
-def pack_layer(rnn_type: str, hidden: int, layer: LayerWeights) -> PackedLayer:
+def pack_layer(rnn_type: str, hidden: int, layer: LayerWeights, dtype: str = "float32",
+               index: int = 0) -> PackedLayer:
     gates_hidden = layer.weight_hh.shape[0]
     b_ih = layer.bias_ih if layer.bias_ih is not None else np.zeros(gates_hidden, np.float32)
     b_hh = layer.bias_hh if layer.bias_hh is not None else np.zeros(gates_hidden, np.float32)
@@ -46,23 +99,33 @@ def pack_layer(rnn_type: str, hidden: int, layer: LayerWeights) -> PackedLayer:
         # n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): b_hn cannot join the input side.
         bias_x[2 * hidden:] = b_ih[2 * hidden:]
         bias_hn = _c_float32(b_hh[2 * hidden:])
-    w_ih, w_hh = _c_float32(layer.weight_ih), _c_float32(layer.weight_hh)
-    w_hr = None if layer.weight_hr is None else _c_float32(layer.weight_hr)
-    return PackedLayer(hidden_size=hidden, w_ih=w_ih, w_hh=w_hh, bias_x=_c_float32(bias_x),
-                       bias_hn=bias_hn, w_hr=w_hr, w_ih_panels=panels(w_ih),
-                       w_hh_panels=panels(w_hh), w_hr_panels=panels(w_hr))
+
+    def packed(w, name):
+        return None if w is None else pack_matrix(convert(w, dtype, f"{name}_l{index}"))
+
+    row_major = {}
+    if dtype == "float32":
+        row_major = {"w_ih": _c_float32(layer.weight_ih), "w_hh": _c_float32(layer.weight_hh),
+                     "w_hr": None if layer.weight_hr is None else _c_float32(layer.weight_hr)}
+    return PackedLayer(hidden_size=hidden, bias_x=_c_float32(bias_x), bias_hn=bias_hn,
+                       w_ih_panels=packed(layer.weight_ih, "weight_ih"),
+                       w_hh_panels=packed(layer.weight_hh, "weight_hh"),
+                       w_hr_panels=packed(layer.weight_hr, "weight_hr"), **row_major)
 
 
-def pack_layers(recurrent: RecurrentWeights) -> list[PackedLayer]:
-    return [pack_layer(recurrent.rnn_type, recurrent.hidden_size, layer)
-            for layer in recurrent.layers]
+def pack_layers(recurrent: RecurrentWeights, dtype: str = "float32") -> list[PackedLayer]:
+    return [pack_layer(recurrent.rnn_type, recurrent.hidden_size, layer, dtype, i)
+            for i, layer in enumerate(recurrent.layers)]
 
 
-def input_table(embedding: np.ndarray, layer0: PackedLayer, budget: int) -> np.ndarray | None:
+def input_table(embedding: np.ndarray, layer0: LayerWeights, bias_x: np.ndarray,
+                budget: int) -> np.ndarray | None:
     """Layer 0's input projection of every token, `embedding . W_ih^T + bias_x` (vocab,
-    gates*hidden), so a step reads one row instead of multiplying; None when it would hold
-    more than `budget` floats (large vocabularies, where it would outgrow the weights)."""
-    vocab, gates_hidden = embedding.shape[0], layer0.w_ih.shape[0]
+    gates*hidden), float32, so a step reads one row instead of multiplying; None when it
+    would hold more than `budget` values (large vocabularies, where it would outgrow the
+    weights).  `embedding` and `layer0` as the model's precision rounded them."""
+    vocab, gates_hidden = embedding.shape[0], layer0.weight_ih.shape[0]
     if vocab * gates_hidden > budget:
         return None
-    return _c_float32(embedding @ layer0.w_ih.T + layer0.bias_x)
+    return _c_float32(embedding.astype(np.float64) @ layer0.weight_ih.T.astype(np.float64)
+                      + bias_x)

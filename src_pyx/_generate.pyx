@@ -1,7 +1,8 @@
 # fastlstm._generate: the decode loop.  Per generated token, for every running sequence:
 #
 #   last token -> layer 0 input (lookup-table row, or embedding row . W_ih^T)
-#   -> each layer: gate GEMM/GEMV (BLAS) -> fused cell update
+#   -> each layer: gate GEMM/GEMV (matmul.h, on the weights in the model's precision)
+#      -> fused cell update
 #   -> head GEMM -> logits -> sampler (sampler.pxd) -> next id -> stop checks
 #
 # all inside one nogil loop.  Sequences ("rows") are split across OpenMP threads; each
@@ -18,10 +19,10 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-from matmul cimport fl_matmul_packed
+from matmul cimport fl_matmul, fl_matrix
 from sampler cimport Candidate, SamplingParams, coin, sample_token
-from stack cimport (Layer, cell_code, float_ptr, gates_of, input_projection, layer_step,
-                    layers_from_packed)
+from stack cimport (Layer, Rows, cell_code, fill_matrix, fill_rows, float_ptr, gates_of,
+                    gather_rows, input_projection, layer_step, layers_from_packed)
 
 import numpy as np
 
@@ -69,9 +70,9 @@ cdef long long SIGNAL_CHECK_NS = 10_000_000
 cdef struct Run:
     int cell, num_layers, batch, vocab, max_new
     Layer *layers
-    const float *emb         # (vocab, in0), or NULL when table is set
-    const float *table       # (vocab, gates*hidden0): layer 0's input projection per token
-    const float *head_panels # (vocab, out_last) in matmul.h's panels
+    Rows emb                 # (vocab, in0); .data NULL when table is set
+    Rows table               # (vocab, gates*hidden0): layer 0's input projection per token
+    fl_matrix head           # (vocab, out_last) in matmul.h's panels
     const float *head_b      # (vocab,) or NULL
     SamplingParams params
     # Per slot (slot s holds row order[s]):
@@ -181,15 +182,10 @@ cdef int decode_slots(Run *run, int begin, int *n_active, int steps, int *cancel
             break
         # Layer 0 input of each running slot.
         L = &run.layers[0]
-        for i in range(n):
-            token = run.last[begin + i]
-            if run.table != NULL:
-                memcpy(xw + <size_t> i * G * L.hidden, run.table + <size_t> token * G * L.hidden,
-                       G * L.hidden * sizeof(float))
-            else:
-                memcpy(x + <size_t> i * L.in_size, run.emb + <size_t> token * L.in_size,
-                       L.in_size * sizeof(float))
-        if run.table == NULL:
+        if run.table.data != NULL:
+            gather_rows(&run.table, run.last + begin, n, xw, G * L.hidden)
+        else:
+            gather_rows(&run.emb, run.last + begin, n, x, L.in_size)
             input_projection(L, G, n, x, xw, True)
         for l in range(run.num_layers):
             L = &run.layers[l]
@@ -201,9 +197,9 @@ cdef int decode_slots(Run *run, int begin, int *n_active, int steps, int *cancel
                        hw, hfull, True)
         # Head: logits := h_top . W_head^T + b_head
         L = &run.layers[run.num_layers - 1]
-        fl_matmul_packed(n, V, L.out_size,
-                         run.h + (<size_t> (run.num_layers - 1) * run.batch + begin) * L.out_size,
-                         L.out_size, run.head_panels, run.head_b, 0, logits, V)
+        fl_matmul(n, &run.head,
+                  run.h + (<size_t> (run.num_layers - 1) * run.batch + begin) * L.out_size,
+                  L.out_size, run.head_b, 0, logits, V)
 
         # Sample, record, check stops.
         for i in range(n):
@@ -236,7 +232,7 @@ cdef int decode_slots(Run *run, int begin, int *n_active, int steps, int *cancel
     return status
 
 
-def decode(str rnn_type, list layers, *, emb, table, head_panels, int vocab, head_b,
+def decode(str rnn_type, list layers, *, emb, table, head, int vocab, head_b,
            h, c, last, order, out, length, seen, seed, stream, eos, stops, stop_end,
            slot_begin, n_active, double temperature, int top_k, double top_p, double min_p,
            double repetition_penalty, int steps, bint watch_signals=False):
@@ -263,9 +259,13 @@ def decode(str rnn_type, list layers, *, emb, table, head_panels, int vocab, hea
     run.batch = last_v.shape[0]
     run.vocab = vocab
     run.max_new = out_v.shape[1]
-    run.emb = float_ptr(emb, "emb", True)
-    run.table = float_ptr(table, "table", True)
-    run.head_panels = float_ptr(head_panels, "head_panels")
+    run.emb.data = NULL
+    run.table.data = NULL
+    if table is not None:
+        fill_rows(&run.table, table, "table")
+    else:
+        fill_rows(&run.emb, emb, "emb")
+    fill_matrix(&run.head, head, "head")
     run.head_b = float_ptr(head_b, "head_b", True)
     run.params.temperature = temperature
     run.params.top_k = top_k

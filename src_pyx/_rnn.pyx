@@ -6,7 +6,9 @@
 #                 then per step one GEMM/GEMV with W_hh and the fused cell update
 #   -> output rows (floats), or the head GEMM straight into the caller's logits.
 # Batch rows are split across OpenMP threads; each thread runs the whole stack for its rows
-# with single-threaded BLAS and its own scratch, allocated once per call.
+# with its own scratch, allocated once per call.  float32 models multiply with
+# single-threaded BLAS; models stored in float16, bfloat16 or int8 with matmul.h's kernel
+# on their panels (BLAS has no such weights).
 #
 # The Python layer (fastlstm.model, fastlstm.layers) validates every argument, allocates the
 # outputs and packs the weights; this module trusts what it is given.
@@ -17,8 +19,9 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
 from blas cimport matmul_wt
-from stack cimport (Layer, cell_code, float_ptr, gates_of, input_projection, layer_step,
-                   layers_from_packed)
+from matmul cimport fl_matmul, fl_matrix
+from stack cimport (Layer, Rows, cell_code, fill_matrix, fill_rows, float_ptr, gates_of,
+                    gather_rows, input_projection, layer_step, layers_from_packed)
 
 cimport openmp
 
@@ -33,15 +36,17 @@ cdef enum:
 cdef struct Job:
     int cell, num_layers, batch, steps
     Layer *layers
+    bint blas              # multiply with BLAS (float32 row-major weights), else matmul.h
     # Input: exactly one of x (batch, steps, in0), emb (vocab, in0), table (vocab, gates*hidden0).
     const float *x
-    const int64_t *ids   # (batch, steps), with emb or table
-    const float *emb
-    const float *table     # layer 0's input projections precomputed per token
+    const int64_t *ids     # (batch, steps), with emb or table
+    Rows emb               # .data NULL when absent
+    Rows table             # layer 0's input projections precomputed per token; .data NULL if absent
     # Output: y (batch, steps, out_last), or logits (batch, steps, vocab) through the head.
     float *y
     float *logits
-    const float *head_w    # (vocab, out_last)
+    const float *head_w    # (vocab, out_last) row-major, for BLAS
+    fl_matrix head_p       # the same in panels, for matmul.h
     const float *head_b    # (vocab,) or NULL
     int vocab
     # State, read as the initial state and overwritten with the final one.
@@ -65,7 +70,6 @@ cdef int run_rows(const Job *job, int b0, int b1) noexcept nogil:
     cdef float *hfull
     cdef float *h_state
     cdef float *c_state
-    cdef int64_t token
     cdef float beta
 
     if chunk > T:
@@ -94,16 +98,12 @@ cdef int run_rows(const Job *job, int b0, int b1) noexcept nogil:
         # Layer 0's input rows for this chunk.
         for s in range(tc):
             for r in range(nb):
-                if job.table != NULL:
-                    token = job.ids[<size_t> (b0 + r) * T + t0 + s]
-                    memcpy(xw + (<size_t> s * nb + r) * G * job.layers[0].hidden,
-                           job.table + <size_t> token * G * job.layers[0].hidden,
-                           G * job.layers[0].hidden * sizeof(float))
-                elif job.emb != NULL:
-                    token = job.ids[<size_t> (b0 + r) * T + t0 + s]
-                    memcpy(inp + (<size_t> s * nb + r) * job.layers[0].in_size,
-                           job.emb + <size_t> token * job.layers[0].in_size,
-                           job.layers[0].in_size * sizeof(float))
+                if job.table.data != NULL:
+                    gather_rows(&job.table, &job.ids[<size_t> (b0 + r) * T + t0 + s], 1,
+                                xw + (<size_t> s * nb + r) * G * job.layers[0].hidden, 0)
+                elif job.emb.data != NULL:
+                    gather_rows(&job.emb, &job.ids[<size_t> (b0 + r) * T + t0 + s], 1,
+                                inp + (<size_t> s * nb + r) * job.layers[0].in_size, 0)
                 else:
                     memcpy(inp + (<size_t> s * nb + r) * job.layers[0].in_size,
                            job.x + (<size_t> (b0 + r) * T + t0 + s) * job.layers[0].in_size,
@@ -115,13 +115,13 @@ cdef int run_rows(const Job *job, int b0, int b1) noexcept nogil:
             c_state = job.c + (<size_t> l * job.batch + b0) * L.hidden if job.c != NULL else NULL
 
             # xw := inp . W_ih^T + bias_x, one GEMM for the whole chunk.
-            if not (l == 0 and job.table != NULL):
-                input_projection(L, G, tc * nb, inp, xw, False)
+            if not (l == 0 and job.table.data != NULL):
+                input_projection(L, G, tc * nb, inp, xw, not job.blas)
             for s in range(tc):
                 # h_prev of step s is out[s-1], contiguous thanks to the time-major layout.
                 layer_step(job.cell, L, nb, xw + <size_t> s * nb * G * L.hidden,
                            h_state if s == 0 else out + <size_t> (s - 1) * nb * L.out_size,
-                           out + <size_t> s * nb * L.out_size, c_state, hw, hfull, False)
+                           out + <size_t> s * nb * L.out_size, c_state, hw, hfull, not job.blas)
             memcpy(h_state, out + <size_t> (tc - 1) * nb * L.out_size,
                    <size_t> nb * L.out_size * sizeof(float))
             tmp = inp
@@ -130,7 +130,19 @@ cdef int run_rows(const Job *job, int b0, int b1) noexcept nogil:
 
         # inp now holds the top layer's output for the chunk, time-major (tc, nb, out_last).
         L = &job.layers[job.num_layers - 1]
-        if job.logits != NULL:
+        if job.logits != NULL and not job.blas:
+            # logits := top . W_head^T + bias, per batch row or per step as below.
+            if tc >= nb:
+                for r in range(nb):
+                    fl_matmul(tc, &job.head_p, inp + <size_t> r * L.out_size, nb * L.out_size,
+                              job.head_b, 0, job.logits + (<size_t> (b0 + r) * T + t0) * job.vocab,
+                              job.vocab)
+            else:
+                for s in range(tc):
+                    fl_matmul(nb, &job.head_p, inp + <size_t> s * nb * L.out_size, L.out_size,
+                              job.head_b, 0, job.logits + (<size_t> b0 * T + t0 + s) * job.vocab,
+                              T * job.vocab)
+        elif job.logits != NULL:
             beta = 0.0
             if job.head_b != NULL:
                 beta = 1.0
@@ -167,16 +179,22 @@ def max_threads():
     return openmp.omp_get_max_threads()
 
 
+cdef bint use_blas(list layers, head_w, logits) except -1:
+    """BLAS when every weight is also held row-major in float32 (float32 models)."""
+    return all(layer.w_ih is not None for layer in layers) and (logits is None or head_w is not None)
+
+
 def forward(str rnn_type, list layers, *, h, c=None, x=None, ids=None, emb=None, table=None,
-            y=None, logits=None, head_w=None, head_b=None, int num_threads=1):
+            y=None, logits=None, head=None, head_w=None, head_b=None, int num_threads=1):
     """Run `layers` (a list of fastlstm.pack.PackedLayer) over a batch of sequences.
 
     The input is `x` (batch, steps, in0) float32, or `ids` (batch, steps) int64 with `emb`
-    (vocab, in0) or with `table` (vocab, gates*hidden0).  The output goes to `y` (batch, steps,
-    out_last), or through `head_w` (vocab, out_last) and `head_b` (vocab,) into `logits`
-    (batch, steps, vocab); with neither, only the state is computed (a prompt's prefill).  `h` (num_layers, batch, out) and `c` (num_layers, batch, hidden)
-    hold the initial state and receive the final one.  All arrays C-contiguous; every shape
-    was checked by the caller.
+    (vocab, in0) or with `table` (vocab, gates*hidden0), both fastlstm.precision.Stored.  The
+    output goes to `y` (batch, steps, out_last), or through the head (`head`, a PackedMatrix
+    (vocab, out_last); `head_w`, the same row-major float32 for BLAS; `head_b` (vocab,)) into
+    `logits` (batch, steps, vocab); with neither, only the state is computed.  `h`
+    (num_layers, batch, out) and `c` (num_layers, batch, hidden) hold the initial state and
+    receive the final one.  All arrays C-contiguous; every shape was checked by the caller.
     """
     cdef Job job
     cdef int n = len(layers), i, tid, nthreads, per, extra, failed = 0
@@ -187,11 +205,19 @@ def forward(str rnn_type, list layers, *, h, c=None, x=None, ids=None, emb=None,
     job.h = <float *> float_ptr(h, "h")
     job.c = <float *> float_ptr(c, "c", True)
     job.x = float_ptr(x, "x", True)
-    job.emb = float_ptr(emb, "emb", True)
-    job.table = float_ptr(table, "table", True)
+    job.emb.data = NULL
+    job.table.data = NULL
+    if emb is not None:
+        fill_rows(&job.emb, emb, "emb")
+    if table is not None:
+        fill_rows(&job.table, table, "table")
     job.y = <float *> float_ptr(y, "y", True)
     job.logits = <float *> float_ptr(logits, "logits", True)
+    job.blas = use_blas(layers, head_w, logits)
     job.head_w = float_ptr(head_w, "head_w", True)
+    fill_matrix(&job.head_p, head, "head", True)
+    if logits is not None and not job.blas and head is None:
+        raise ValueError("logits need the head's panels")
     job.head_b = float_ptr(head_b, "head_b", True)
     job.ids = NULL
     if ids is not None:
@@ -200,7 +226,7 @@ def forward(str rnn_type, list layers, *, h, c=None, x=None, ids=None, emb=None,
         job.ids = &ids_view[0, 0]
     else:
         job.batch, job.steps = x.shape[0], x.shape[1]
-    job.vocab = head_w.shape[0] if head_w is not None else 0
+    job.vocab = logits.shape[2] if logits is not None else 0
 
     job.layers = layers_from_packed(layers)
     try:
@@ -241,11 +267,17 @@ def prefill(str rnn_type, list layers, *, ids, offsets, h, c=None, emb=None, tab
     base.num_layers = len(layers)
     base.batch = 1
     base.x = NULL
-    base.emb = float_ptr(emb, "emb", True)
-    base.table = float_ptr(table, "table", True)
+    base.emb.data = NULL
+    base.table.data = NULL
+    if emb is not None:
+        fill_rows(&base.emb, emb, "emb")
+    if table is not None:
+        fill_rows(&base.table, table, "table")
+    base.blas = use_blas(layers, None, None)
     base.y = NULL
     base.logits = NULL
     base.head_w = NULL
+    base.head_p.panels = NULL
     base.head_b = NULL
     base.vocab = 0
     cdef float *h_all = <float *> float_ptr(h, "h")

@@ -1,21 +1,27 @@
-/* fastlstm's own matrix product for the decode loop:  y (+)= x . W^T + bias.
+/* fastlstm's own matrix product:  y (+)= x . W^T (* scale) + bias, with W stored in panels
+ * of float32, float16, bfloat16 or int8 weights.
  *
  * Why not BLAS: OpenBLAS's result for one row changes in the last bit with the number of
- * rows it is computed with, and generation must not depend on what else is in the batch.
- * Here every output is ONE sequential chain of fused multiply-adds over k, starting from 0:
+ * rows it is computed with, and generation must not depend on what else is in the batch;
+ * and BLAS has no product with half-precision or int8 weights on CPUs.  Here every output
+ * is ONE sequential chain of fused multiply-adds over k, in float32, starting from 0:
  *
- *     acc = 0;  for kk in 0..k-1:  acc = fma(x[r, kk], W[j, kk], acc)
- *     v = acc (+ bias[j]);  y[r, j] = v  (or  y[r, j] = y[r, j] + v)
+ *     acc = 0;  for kk in 0..k-1:  acc = fma(x[r, kk], float(W[j, kk]), acc)
+ *     v = acc (* scale[j]) (+ bias[j]);  y[r, j] = v  (or  y[r, j] = y[r, j] + v)
  *
  * whatever the kernel, the number of rows, the row's position or the blocking, so the
  * result for (r, j) is bitwise the same however many rows are computed together.
- * The AVX2+FMA kernels (chosen at run time) and the portable scalar path (fmaf, same order)
- * therefore agree bitwise too.
+ * float(W) is exact for every storage type (a half, a bfloat16 and an int8 are all floats),
+ * so the AVX2/FMA/F16C kernels (chosen at run time) and the portable scalar path (fmaf in
+ * the same order) agree bitwise too.  int8 weights carry one float32 scale per output row
+ * (W[j, :] = q[j, :] * scale[j]), applied once to the finished sum.
  *
- * Packed weight layout: W (n, k) row-major, as PyTorch stores a weight, becomes panels of
- * 16 outputs,  packed[p][kk][0:16] = W[16p + 0..15, kk]  (zeros past n), contiguous, so a
- * kernel reads one 64-byte line per panel per kk.  The caller allocates fl_packed_size(n, k)
- * floats, 32-byte aligned (64 is better: one line per read).
+ * Packed layout: W (n, k) row-major, as PyTorch stores a weight, becomes panels of 16
+ * outputs,  packed[p][kk][0:16] = W[16p + 0..15, kk]  (zeros past n), contiguous, so a
+ * kernel reads one 16-weight row per panel per kk.  bfloat16 panel rows are interleaved
+ * (W[16p + 0], W[16p + 8], W[16p + 1], W[16p + 9], ...) so that one 32-byte load yields
+ * both halves with one shift and one mask.  fastlstm.pack builds the panels (NumPy);
+ * fl_panel_slot() is the layout's one definition on the C side.  Panels are 64-byte aligned.
  *
  * The arithmetic above is written with explicit fma intrinsics / fmaf and plain adds, never
  * as a*b + c, so -ffp-contract cannot change it; -ffast-math (reassociation) would, hence
@@ -26,6 +32,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #if defined(__FAST_MATH__)
@@ -41,9 +48,23 @@
 
 #define FL_PANEL 16 /* outputs per panel */
 
-/* ------------------------------------------------------------------------ packing */
+/* How weights are stored (the element type of the panels and of embedding/table rows). */
+enum fl_wtype { FL_F32 = 0, FL_F16 = 1, FL_BF16 = 2, FL_I8 = 3 };
 
-/* Floats needed for W (n, k) in the panel layout. */
+/* A weight W (n, k) packed for fl_matmul. */
+typedef struct {
+    const void *panels;  /* fl_packed_size(n, k) elements of `type`, 64-byte aligned */
+    const float *scale;  /* (n,) FL_I8 only: W[j, :] = q[j, :] * scale[j]; NULL otherwise */
+    int type;            /* enum fl_wtype */
+    int n, k;
+} fl_matrix;
+
+static inline size_t fl_wtype_size(int type)
+{
+    return type == FL_F32 ? 4 : type == FL_I8 ? 1 : 2;
+}
+
+/* Elements needed for W (n, k) in the panel layout. */
 static inline size_t fl_packed_size(int n, int k)
 {
     if (n <= 0 || k <= 0)
@@ -51,94 +72,171 @@ static inline size_t fl_packed_size(int n, int k)
     return (size_t)((n + FL_PANEL - 1) / FL_PANEL) * FL_PANEL * (size_t)k;
 }
 
-/* packed[p][kk][l] := W[16p + l, kk], zero where 16p + l >= n. */
-static inline void fl_pack_wt(const float *w, int n, int k, float *packed)
+/* Where output l (0..15) of a panel row sits within that row. */
+static inline int fl_panel_slot(int type, int l)
 {
-    int np = (n + FL_PANEL - 1) / FL_PANEL;
-    for (int p = 0; p < np; p++) {
-        float *panel = packed + (size_t)p * k * FL_PANEL;
-        for (int l = 0; l < FL_PANEL; l++) {
-            int j = p * FL_PANEL + l;
-            if (j < n) {
-                const float *row = w + (size_t)j * k;
-                for (int kk = 0; kk < k; kk++)
-                    panel[(size_t)kk * FL_PANEL + l] = row[kk];
-            } else {
-                for (int kk = 0; kk < k; kk++)
-                    panel[(size_t)kk * FL_PANEL + l] = 0.0f;
-            }
-        }
+    if (type == FL_BF16)
+        return l < 8 ? 2 * l : 2 * (l - 8) + 1;
+    return l;
+}
+
+/* ------------------------------------------------------------ exact conversions */
+
+/* IEEE half -> float, exactly (subnormals included; the loader refuses inf and NaN, but
+ * they convert correctly too). */
+static inline float fl_half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (mant << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (mant << 13);
+    } else if (mant == 0) {
+        bits = sign;
+    } else { /* subnormal: mant * 2^-24, exactly representable in float */
+        float f = (float)mant * 5.9604644775390625e-08f;
+        memcpy(&bits, &f, 4);
+        bits |= sign;
+    }
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
+static inline float fl_bf16_to_float(uint16_t b)
+{
+    uint32_t bits = (uint32_t)b << 16;
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
+/* Element i of an array of `type`, as a float (exact; int8 without its scale). */
+static inline float fl_element(const void *data, int type, size_t i)
+{
+    switch (type) {
+    case FL_F16: return fl_half_to_float(((const uint16_t *)data)[i]);
+    case FL_BF16: return fl_bf16_to_float(((const uint16_t *)data)[i]);
+    case FL_I8: return (float)((const int8_t *)data)[i];
+    default: return ((const float *)data)[i];
     }
 }
 
-/* ---------------------------------------------------------------- shared epilogue */
+/* ------------------------------------------------------------------ shared epilogue */
 
-/* y[0:count] := (or +=) acc[0:count] (+ bias[0:count]), element by element. */
-static inline void fl_store_scalar(const float *acc, int count, const float *bias,
-                                   int accumulate, float *y)
+/* y[0:count] := (or +=) acc[0:count] (* scale[0:count]) (+ bias[0:count]), one by one. */
+static inline void fl_store_scalar(const float *acc, int count, const float *scale,
+                                   const float *bias, int accumulate, float *y)
 {
     for (int l = 0; l < count; l++) {
         float v = acc[l];
+        if (scale)
+            v = v * scale[l];
         if (bias)
             v = v + bias[l];
         y[l] = accumulate ? y[l] + v : v;
     }
 }
 
-/* ------------------------------------------------------------------- scalar path */
+/* --------------------------------------------------------------------- scalar path */
 
 /* The reference: same chain per output as the AVX2 kernels, with fmaf. */
-static void fl_matmul_packed_scalar(int m, int n, int k, const float *x, int ldx,
-                                    const float *packed, const float *bias, int accumulate,
-                                    float *y, int ldy)
+static void fl_matmul_scalar(int m, const fl_matrix *W, const float *x, int ldx,
+                             const float *bias, int accumulate, float *y, int ldy)
 {
+    int n = W->n, k = W->k, type = W->type;
     int np = (n + FL_PANEL - 1) / FL_PANEL;
     float acc[FL_PANEL];
+    int slot[FL_PANEL];
+    for (int l = 0; l < FL_PANEL; l++)
+        slot[l] = fl_panel_slot(type, l);
     for (int r = 0; r < m; r++) {
         const float *xr = x + (size_t)r * ldx;
         for (int p = 0; p < np; p++) {
-            const float *panel = packed + (size_t)p * k * FL_PANEL;
+            size_t base = (size_t)p * k * FL_PANEL;
             for (int l = 0; l < FL_PANEL; l++)
                 acc[l] = 0.0f;
             for (int kk = 0; kk < k; kk++) {
                 float xv = xr[kk];
-                const float *wk = panel + (size_t)kk * FL_PANEL;
+                size_t row = base + (size_t)kk * FL_PANEL;
                 for (int l = 0; l < FL_PANEL; l++)
-                    acc[l] = fmaf(xv, wk[l], acc[l]);
+                    acc[l] = fmaf(xv, fl_element(W->panels, type, row + slot[l]), acc[l]);
             }
             int j0 = p * FL_PANEL;
             int count = n - j0 < FL_PANEL ? n - j0 : FL_PANEL;
-            fl_store_scalar(acc, count, bias ? bias + j0 : NULL, accumulate,
-                            y + (size_t)r * ldy + j0);
+            fl_store_scalar(acc, count, W->scale ? W->scale + j0 : NULL,
+                            bias ? bias + j0 : NULL, accumulate, y + (size_t)r * ldy + j0);
         }
     }
 }
 
-/* ---------------------------------------------------------------- AVX2 + FMA path */
+/* rows (count, n) := table[ids[i], :] as floats (* scale[ids[i]] for int8), for an
+ * embedding or lookup table stored row-major in `type`; rows ld floats apart. */
+static inline void fl_gather_rows_scalar(const void *table, int type, const float *scale,
+                                         int n, const int64_t *ids, int count, float *rows,
+                                         int ld)
+{
+    for (int i = 0; i < count; i++) {
+        size_t base = (size_t)ids[i] * n;
+        float *dst = rows + (size_t)i * ld;
+        for (int j = 0; j < n; j++) {
+            float v = fl_element(table, type, base + j);
+            dst[j] = type == FL_I8 ? v * scale[ids[i]] : v;
+        }
+    }
+}
+
+/* ---------------------------------------------------------- AVX2 + FMA + F16C path */
 
 #if FL_HAVE_AVX2_PATH
 
-/* How far ahead (in panel rows of 64 bytes) the one-panel tiles prefetch their panel. */
-#define FL_PREFETCH 32
+/* How far ahead (in bytes) the one-panel tiles prefetch their panel. */
+#define FL_PREFETCH_BYTES 2048
 
-#define FL_AVX2 __attribute__((target("avx2,fma")))
-#define FL_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
+#define FL_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define FL_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
+
+/* The 16 weights of one panel row as two float vectors: outputs 0..7 and 8..15. */
+FL_AVX2_INLINE void fl_load16(const int type, const char *row, __m256 *lo, __m256 *hi)
+{
+    if (type == FL_F32) {
+        *lo = _mm256_loadu_ps((const float *)row);
+        *hi = _mm256_loadu_ps((const float *)row + 8);
+    } else if (type == FL_F16) {
+        *lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)row));
+        *hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 16)));
+    } else if (type == FL_BF16) {
+        /* 32-bit lane i holds (W[i], W[8 + i]) in its (low, high) halves: a bfloat16 is
+         * the top half of a float, so shifting left gives W[i], masking gives W[8 + i]. */
+        __m256i v = _mm256_loadu_si256((const __m256i *)row);
+        *lo = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+        *hi = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u)));
+    } else {
+        *lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)row)));
+        *hi = _mm256_cvtepi32_ps(
+            _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(row + 8))));
+    }
+}
 
 /* Register tile: MR rows x NP panels (16 outputs each), 2*MR*NP ymm accumulators, over
- * x rows [x, x + (MR-1)*ldx] and panels p0 .. p0+NP-1.  MR and NP are compile-time
+ * x rows [x, x + (MR-1)*ldx] and panels p0 .. p0+NP-1.  TYPE, MR and NP are compile-time
  * constants at every call site, so the accumulators live in registers. */
-FL_AVX2_INLINE void fl_tile_avx2(const int MR, const int NP, int n, int k, int p0,
-                                 const float *x, int ldx, const float *packed,
-                                 const float *bias, int accumulate, float *y, int ldy)
+FL_AVX2_INLINE void fl_tile_avx2(const int TYPE, const int MR, const int NP, const fl_matrix *W,
+                                 int p0, const float *x, int ldx, const float *bias,
+                                 int accumulate, float *y, int ldy)
 {
     __m256 acc[6][8];
-    const float *w[4];
+    const char *w[4];
     const float *xr[6];
-    const size_t pstride = (size_t)k * FL_PANEL;
+    const int n = W->n, k = W->k;
+    const size_t row_bytes = FL_PANEL * fl_wtype_size(TYPE);
+    const size_t pstride = (size_t)k * row_bytes;
+    const size_t ahead = FL_PREFETCH_BYTES;
 
 #pragma GCC unroll 4
     for (int q = 0; q < NP; q++)
-        w[q] = packed + (size_t)(p0 + q) * pstride;
+        w[q] = (const char *)W->panels + (size_t)(p0 + q) * pstride;
 #pragma GCC unroll 6
     for (int i = 0; i < MR; i++) {
         xr[i] = x + (size_t)i * ldx;
@@ -148,17 +246,15 @@ FL_AVX2_INLINE void fl_tile_avx2(const int MR, const int NP, int n, int k, int p
     }
 
     for (int kk = 0; kk < k; kk++) {
-        /* Order the loads so that at most 16 ymm registers are live: with one panel, hold
-         * its two vectors and broadcast x row by row; with several, hold the MR
-         * broadcasts and load the panel vectors one by one. */
+        const size_t off = (size_t)kk * row_bytes;
         if (NP == 1) {
-            __m256 w0 = _mm256_loadu_ps(w[0] + (size_t)kk * FL_PANEL);
-            __m256 w1 = _mm256_loadu_ps(w[0] + (size_t)kk * FL_PANEL + 8);
+            __m256 w0, w1;
+            fl_load16(TYPE, w[0] + off, &w0, &w1);
             /* One panel is one stream, which the hardware prefetcher alone does not keep
-             * fed from L3/DRAM (measured: 6 x 2048 x 2048 goes from ~35 to ~100 GFLOP/s).
-             * Prefetches never fault, so running past the end of the panels is harmless. */
-            _mm_prefetch((const char *)(w[0] + (size_t)(kk + FL_PREFETCH) * FL_PANEL),
-                         _MM_HINT_T0);
+             * fed from L3/DRAM (measured: 6 x 2048 x 2048 fp32 goes from ~35 to ~100
+             * GFLOP/s).  Prefetches never fault, so running past the panels is harmless. */
+            if (row_bytes == 64 || (off & 63) == 0)
+                _mm_prefetch(w[0] + off + ahead, _MM_HINT_T0);
 #pragma GCC unroll 6
             for (int i = 0; i < MR; i++) {
                 __m256 xb = _mm256_broadcast_ss(xr[i] + kk);
@@ -170,12 +266,15 @@ FL_AVX2_INLINE void fl_tile_avx2(const int MR, const int NP, int n, int k, int p
 #pragma GCC unroll 6
             for (int i = 0; i < MR; i++)
                 xb[i] = _mm256_broadcast_ss(xr[i] + kk);
-#pragma GCC unroll 8
-            for (int h = 0; h < 2 * NP; h++) {
-                __m256 wv = _mm256_loadu_ps(w[h >> 1] + (size_t)kk * FL_PANEL + 8 * (h & 1));
+#pragma GCC unroll 4
+            for (int q = 0; q < NP; q++) {
+                __m256 w0, w1;
+                fl_load16(TYPE, w[q] + off, &w0, &w1);
 #pragma GCC unroll 6
-                for (int i = 0; i < MR; i++)
-                    acc[i][h] = _mm256_fmadd_ps(xb[i], wv, acc[i][h]);
+                for (int i = 0; i < MR; i++) {
+                    acc[i][2 * q] = _mm256_fmadd_ps(xb[i], w0, acc[i][2 * q]);
+                    acc[i][2 * q + 1] = _mm256_fmadd_ps(xb[i], w1, acc[i][2 * q + 1]);
+                }
             }
         }
     }
@@ -188,6 +287,8 @@ FL_AVX2_INLINE void fl_tile_avx2(const int MR, const int NP, int n, int k, int p
             int j = (p0 + (h >> 1)) * FL_PANEL + 8 * (h & 1);
             if (j + 8 <= n) {
                 __m256 v = acc[i][h];
+                if (W->scale)
+                    v = _mm256_mul_ps(v, _mm256_loadu_ps(W->scale + j));
                 if (bias)
                     v = _mm256_add_ps(v, _mm256_loadu_ps(bias + j));
                 if (accumulate)
@@ -196,43 +297,56 @@ FL_AVX2_INLINE void fl_tile_avx2(const int MR, const int NP, int n, int k, int p
             } else if (j < n) {
                 float tmp[8];
                 _mm256_storeu_ps(tmp, acc[i][h]);
-                fl_store_scalar(tmp, n - j, bias ? bias + j : NULL, accumulate, yr + j);
+                fl_store_scalar(tmp, n - j, W->scale ? W->scale + j : NULL,
+                                bias ? bias + j : NULL, accumulate, yr + j);
             }
         }
     }
 }
 
-/* Each (MR, NP) tile is its own function: inlined together into one, the tiles' loops
- * lose their accumulators to the stack. */
-#define FL_TILE_FN(MR, NP)                                                                 \
-    static __attribute__((noinline, target("avx2,fma"))) void fl_tile_avx2_##MR##x##NP(     \
-        int n, int k, int p0, const float *x, int ldx, const float *packed,                \
-        const float *bias, int accumulate, float *y, int ldy)                              \
+typedef void (*fl_tile_fn)(const fl_matrix *, int, const float *, int, const float *, int,
+                           float *, int);
+
+/* Each (TYPE, MR, NP) tile is its own function: inlined together into one, the tiles'
+ * loops lose their accumulators to the stack. */
+#define FL_TILE_FN(TYPE, MR, NP)                                                           \
+    static __attribute__((noinline, target("avx2,fma,f16c"))) void                         \
+        fl_tile_##TYPE##_##MR##x##NP(const fl_matrix *W, int p0, const float *x, int ldx,  \
+                                     const float *bias, int accumulate, float *y, int ldy) \
     {                                                                                      \
-        fl_tile_avx2(MR, NP, n, k, p0, x, ldx, packed, bias, accumulate, y, ldy);          \
+        fl_tile_avx2(TYPE, MR, NP, W, p0, x, ldx, bias, accumulate, y, ldy);               \
     }
-FL_TILE_FN(1, 1) FL_TILE_FN(1, 2) FL_TILE_FN(1, 3) FL_TILE_FN(1, 4)
-FL_TILE_FN(2, 1) FL_TILE_FN(2, 2) FL_TILE_FN(2, 3)
-FL_TILE_FN(3, 1) FL_TILE_FN(3, 2)
-FL_TILE_FN(4, 1) FL_TILE_FN(5, 1) FL_TILE_FN(6, 1)
+#define FL_TILES(TYPE)                                                                     \
+    FL_TILE_FN(TYPE, 1, 1) FL_TILE_FN(TYPE, 1, 2) FL_TILE_FN(TYPE, 1, 3)                   \
+    FL_TILE_FN(TYPE, 1, 4) FL_TILE_FN(TYPE, 2, 1) FL_TILE_FN(TYPE, 2, 2)                   \
+    FL_TILE_FN(TYPE, 2, 3) FL_TILE_FN(TYPE, 3, 1) FL_TILE_FN(TYPE, 3, 2)                   \
+    FL_TILE_FN(TYPE, 4, 1) FL_TILE_FN(TYPE, 5, 1) FL_TILE_FN(TYPE, 6, 1)                   \
+    static const fl_tile_fn fl_tiles_##TYPE[7][5] = {                                      \
+        {0, 0, 0, 0, 0},                                                                   \
+        {0, fl_tile_##TYPE##_1x1, fl_tile_##TYPE##_1x2, fl_tile_##TYPE##_1x3,              \
+         fl_tile_##TYPE##_1x4},                                                            \
+        {0, fl_tile_##TYPE##_2x1, fl_tile_##TYPE##_2x2, fl_tile_##TYPE##_2x3, 0},          \
+        {0, fl_tile_##TYPE##_3x1, fl_tile_##TYPE##_3x2, 0, 0},                             \
+        {0, fl_tile_##TYPE##_4x1, 0, 0, 0},                                                \
+        {0, fl_tile_##TYPE##_5x1, 0, 0, 0},                                                \
+        {0, fl_tile_##TYPE##_6x1, 0, 0, 0},                                                \
+    };
+FL_TILES(FL_F32)
+FL_TILES(FL_F16)
+FL_TILES(FL_BF16)
+FL_TILES(FL_I8)
+#undef FL_TILES
 #undef FL_TILE_FN
 
-typedef void (*fl_tile_fn)(int, int, int, const float *, int, const float *, const float *,
-                           int, float *, int);
-
 /* The tile for mr rows (1..6) and np panels (1 .. fl_tile_panels(mr)). */
-static inline fl_tile_fn fl_tile_avx2_for(int mr, int np)
+static inline fl_tile_fn fl_tile_avx2_for(int type, int mr, int np)
 {
-    static const fl_tile_fn tiles[7][5] = {
-        {0, 0, 0, 0, 0},
-        {0, fl_tile_avx2_1x1, fl_tile_avx2_1x2, fl_tile_avx2_1x3, fl_tile_avx2_1x4},
-        {0, fl_tile_avx2_2x1, fl_tile_avx2_2x2, fl_tile_avx2_2x3, 0},
-        {0, fl_tile_avx2_3x1, fl_tile_avx2_3x2, 0, 0},
-        {0, fl_tile_avx2_4x1, 0, 0, 0},
-        {0, fl_tile_avx2_5x1, 0, 0, 0},
-        {0, fl_tile_avx2_6x1, 0, 0, 0},
-    };
-    return tiles[mr][np];
+    switch (type) {
+    case FL_F16: return fl_tiles_FL_F16[mr][np];
+    case FL_BF16: return fl_tiles_FL_BF16[mr][np];
+    case FL_I8: return fl_tiles_FL_I8[mr][np];
+    default: return fl_tiles_FL_F32[mr][np];
+    }
 }
 
 /* Panels per tile for a block of mr rows: about 12 accumulators, 8 at least so that
@@ -243,15 +357,14 @@ static inline int fl_tile_panels(int mr)
     return panels[mr];
 }
 
-static FL_AVX2 void fl_matmul_packed_avx2(int m, int n, int k, const float *x, int ldx,
-                                          const float *packed, const float *bias,
-                                          int accumulate, float *y, int ldy)
+static FL_AVX2 void fl_matmul_avx2(int m, const fl_matrix *W, const float *x, int ldx,
+                                   const float *bias, int accumulate, float *y, int ldy)
 {
-    int np = (n + FL_PANEL - 1) / FL_PANEL;
+    int np = (W->n + FL_PANEL - 1) / FL_PANEL;
     /* Panels are walked in groups of about 512 KB, which stay in L2 while every block of
      * rows runs over them; x (m rows) is re-read once per group.  Above 12 panels a
      * group is a multiple of 12, so the 4-, 3- and 2-panel tiles have no leftovers. */
-    size_t panel_bytes = (size_t)k * FL_PANEL * sizeof(float);
+    size_t panel_bytes = (size_t)W->k * FL_PANEL * fl_wtype_size(W->type);
     int group = panel_bytes ? (int)((512 * 1024) / panel_bytes) : np;
     group = group < 4 ? 4 : group < 12 ? group : group / 12 * 12;
     for (int g0 = 0; g0 < np; g0 += group) {
@@ -263,44 +376,92 @@ static FL_AVX2 void fl_matmul_packed_avx2(int m, int n, int k, const float *x, i
             float *yr = y + (size_t)r0 * ldy;
             for (int p = g0; p < g1; p += tp) {
                 int cnt = g1 - p < tp ? g1 - p : tp;
-                fl_tile_avx2_for(mr, cnt)(n, k, p, xr, ldx, packed, bias, accumulate, yr, ldy);
+                fl_tile_avx2_for(W->type, mr, cnt)(W, p, xr, ldx, bias, accumulate, yr, ldy);
             }
+        }
+    }
+}
+
+static FL_AVX2 void fl_gather_rows_avx2(const void *table, int type, const float *scale,
+                                        int n, const int64_t *ids, int count, float *rows,
+                                        int ld)
+{
+    int n8 = n / 8 * 8;
+    for (int i = 0; i < count; i++) {
+        const char *src = (const char *)table + (size_t)ids[i] * n * fl_wtype_size(type);
+        float *dst = rows + (size_t)i * ld;
+        if (type == FL_F32) {
+            memcpy(dst, src, (size_t)n * sizeof(float));
+            continue;
+        }
+        __m256 s = _mm256_set1_ps(type == FL_I8 ? scale[ids[i]] : 1.0f);
+        for (int j = 0; j < n8; j += 8) {
+            __m256 v;
+            if (type == FL_F16) {
+                v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * (size_t)j)));
+            } else if (type == FL_BF16) {
+                __m256i b = _mm256_cvtepu16_epi32(
+                    _mm_loadu_si128((const __m128i *)(src + 2 * (size_t)j)));
+                v = _mm256_castsi256_ps(_mm256_slli_epi32(b, 16));
+            } else {
+                v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                      _mm_loadl_epi64((const __m128i *)(src + j)))), s);
+            }
+            _mm256_storeu_ps(dst + j, v);
+        }
+        for (int j = n8; j < n; j++) {
+            float v = fl_element(src, type, (size_t)j);
+            dst[j] = type == FL_I8 ? v * scale[ids[i]] : v;
         }
     }
 }
 
 #endif /* FL_HAVE_AVX2_PATH */
 
-/* ------------------------------------------------------------------------- entry */
+/* --------------------------------------------------------------------------- entry */
 
-/* Whether fl_matmul_packed runs the AVX2+FMA kernels on this machine. */
+/* Whether fl_matmul and fl_gather_rows run the AVX2/FMA/F16C kernels on this machine. */
 static inline int fl_matmul_has_avx2(void)
 {
 #if FL_HAVE_AVX2_PATH
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
 #else
     return 0;
 #endif
 }
 
 /* y[r, j] := v, or y[r, j] + v when accumulate, where v = sum_kk x[r, kk] * W[j, kk]
- * (+ bias[j]) is the fixed fma chain described above, for r < m, j < n.  x (m, k) has rows
- * ldx floats apart, y (m, n) rows ldy apart; W is packed by fl_pack_wt; bias (n,) or NULL.
+ * (* scale[j]) (+ bias[j]) is the fixed fma chain described above, for r < m, j < W->n.
+ * x (m, k) has rows ldx floats apart, y (m, n) rows ldy apart; bias (n,) or NULL.
  * Single-threaded and stateless: callers split rows (or panels) across threads. */
-static inline void fl_matmul_packed(int m, int n, int k, const float *x, int ldx,
-                                    const float *packed, const float *bias, int accumulate,
-                                    float *y, int ldy)
+static inline void fl_matmul(int m, const fl_matrix *W, const float *x, int ldx,
+                             const float *bias, int accumulate, float *y, int ldy)
 {
-    if (m <= 0 || n <= 0)
+    if (m <= 0 || W->n <= 0)
         return;
 #if FL_HAVE_AVX2_PATH
     if (fl_matmul_has_avx2()) {
-        fl_matmul_packed_avx2(m, n, k, x, ldx, packed, bias, accumulate, y, ldy);
+        fl_matmul_avx2(m, W, x, ldx, bias, accumulate, y, ldy);
         return;
     }
 #endif
-    fl_matmul_packed_scalar(m, n, k, x, ldx, packed, bias, accumulate, y, ldy);
+    fl_matmul_scalar(m, W, x, ldx, bias, accumulate, y, ldy);
+}
+
+/* rows[i, 0:n] := row ids[i] of `table` (count, n) as floats, times scale[ids[i]] for int8:
+ * embedding and lookup-table rows, stored row-major in the model's precision. */
+static inline void fl_gather_rows(const void *table, int type, const float *scale, int n,
+                                  const int64_t *ids, int count, float *rows, int ld)
+{
+#if FL_HAVE_AVX2_PATH
+    if (fl_matmul_has_avx2()) {
+        fl_gather_rows_avx2(table, type, scale, n, ids, count, rows, ld);
+        return;
+    }
+#endif
+    fl_gather_rows_scalar(table, type, scale, n, ids, count, rows, ld);
 }
 
 #endif /* FASTLSTM_MATMUL_H */

@@ -1,21 +1,40 @@
-# fastlstm's own deterministic matrix product (matmul.h):  y (+)= x . W^T + bias, with W
-# packed once into panels of 16 outputs.  Each y[r, j] is one fixed chain of fused
-# multiply-adds over k, so a row's result is bitwise the same whatever else is computed
-# with it (BLAS's is not).  See matmul.h for the layout.
+# fastlstm's own deterministic matrix product (matmul.h):  y (+)= x . W^T (* scale) + bias,
+# with W packed once into panels of 16 outputs, stored as float32, float16, bfloat16 or int8
+# (with a float32 scale per output row) and multiplied in float32.  Each y[r, j] is one
+# fixed chain of fused multiply-adds over k, so a row's result is bitwise the same whatever
+# else is computed with it (BLAS's is not).  See matmul.h for the layout.
+
+from libc.stdint cimport int64_t
 
 cdef extern from "matmul.h" nogil:
-    # Floats needed for a packed W (n, k); the caller allocates them 32-byte aligned.
+    cdef enum fl_wtype:
+        FL_F32
+        FL_F16
+        FL_BF16
+        FL_I8
+
+    ctypedef struct fl_matrix:
+        const void *panels   # fl_packed_size(n, k) elements of `type`, 64-byte aligned
+        const float *scale   # (n,) int8 only; NULL otherwise
+        int type
+        int n
+        int k
+
+    # Elements in the packed form of W (n, k).
     size_t fl_packed_size(int n, int k)
-    # packed := W (n, k) row-major, in panels: packed[p][kk][0:16] = W[16p + 0..15, kk].
-    void fl_pack_wt(const float *w, int n, int k, float *packed)
-    # y[r, j] := v (or y[r, j] + v if accumulate), v = sum_kk x[r, kk] W[j, kk] (+ bias[j])
-    # as one fma chain over kk, for r < m, j < n; x rows ldx floats apart, y rows ldy
-    # apart, bias (n,) or NULL.  Single-threaded; callers split rows across threads.
-    void fl_matmul_packed(int m, int n, int k, const float *x, int ldx, const float *packed,
-                          const float *bias_or_null, int accumulate, float *y, int ldy)
+    # y[r, j] := v (or y[r, j] + v if accumulate), v = sum_kk x[r, kk] W[j, kk] (* scale[j])
+    # (+ bias[j]) as one fma chain over kk, for r < m, j < n; x rows ldx floats apart, y rows
+    # ldy apart, bias (n,) or NULL.  Single-threaded; callers split rows across threads.
+    void fl_matmul(int m, const fl_matrix *W, const float *x, int ldx,
+                   const float *bias_or_null, int accumulate, float *y, int ldy)
     # The same, always on the portable scalar path (fmaf in the same order): for tests.
-    void fl_matmul_packed_scalar(int m, int n, int k, const float *x, int ldx,
-                                 const float *packed, const float *bias_or_null,
-                                 int accumulate, float *y, int ldy)
-    # Whether fl_matmul_packed runs the AVX2+FMA kernels on this CPU.
+    void fl_matmul_scalar(int m, const fl_matrix *W, const float *x, int ldx,
+                          const float *bias_or_null, int accumulate, float *y, int ldy)
+    # rows[i, 0:n] := row ids[i] of a row-major (.., n) table of `type`, as floats (int8:
+    # times scale[ids[i]]); rows ld floats apart.  Embedding and lookup-table rows.
+    void fl_gather_rows(const void *table, int type, const float *scale, int n,
+                        const int64_t *ids, int count, float *rows, int ld)
+    void fl_gather_rows_scalar(const void *table, int type, const float *scale, int n,
+                               const int64_t *ids, int count, float *rows, int ld)
+    # Whether fl_matmul runs the AVX2/FMA/F16C kernels on this CPU.
     int fl_matmul_has_avx2()

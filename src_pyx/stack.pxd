@@ -1,11 +1,12 @@
 # A stack of recurrent layers as the kernels see it: raw pointers into the arrays of
 # fastlstm.pack.PackedLayer, which the Python side keeps alive for the duration of a call.
 
+from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from blas cimport matmul_wt
-from matmul cimport fl_matmul_packed
+from matmul cimport FL_I8, fl_gather_rows, fl_matmul, fl_matrix, fl_packed_size
 from cells cimport gru_step, lstm_step, rnn_step
 
 import numpy as np
@@ -19,18 +20,33 @@ cdef enum Cell:
 
 
 cdef struct Layer:
-    const float *w_ih      # (gates*hidden, in_size)   PyTorch gate order
-    const float *w_hh      # (gates*hidden, out_size)
+    # The weights in matmul.h's panels, in the model's precision (PyTorch gate order):
+    fl_matrix w_ih_p       # (gates*hidden, in_size)
+    fl_matrix w_hh_p       # (gates*hidden, out_size)
+    fl_matrix w_hr_p       # (out_size, hidden)  LSTM projection; .panels NULL without proj_size
+    # The same weights row-major, float32 models only (BLAS in forward/prefill); else NULL.
+    const float *w_ih
+    const float *w_hh
+    const float *w_hr
     const float *bias_x    # (gates*hidden,)  b_ih + b_hh (GRU: without b_hh's n part)
     const float *bias_hn   # (hidden,)  GRU only: b_hh's n part; NULL otherwise
-    const float *w_hr      # (out_size, hidden)  LSTM projection; NULL without proj_size
-    # The same three weights in matmul.h's panels, for the decode loop's deterministic products.
-    const float *w_ih_panels
-    const float *w_hh_panels
-    const float *w_hr_panels
     int in_size
     int hidden
     int out_size
+
+
+cdef struct Rows:
+    # An embedding or layer-0 lookup table, row-major in the model's precision.
+    const void *data       # (vocab, width)
+    const float *scale     # (vocab,) int8 only
+    int type               # matmul.h's enum fl_wtype
+    int width
+
+
+cdef inline void gather_rows(const Rows *t, const int64_t *ids, int count, float *rows,
+                             int ld) noexcept nogil:
+    """rows[i, :width] := row ids[i] of t, as float32 (rows ld floats apart)."""
+    fl_gather_rows(t.data, t.type, t.scale, t.width, ids, count, rows, ld)
 
 
 cdef inline int cell_code(str rnn_type) except -1:
@@ -58,6 +74,47 @@ cdef inline const float *float_ptr(object array, str name, bint optional=False) 
     return &flat[0]
 
 
+cdef inline int fill_matrix(fl_matrix *m, object packed, str name, bint optional=False) except -1:
+    """Point `m` at a fastlstm.pack.PackedMatrix (panels NULL for an optional None)."""
+    from fastlstm.precision import STORAGE, TYPE_CODES
+    if packed is None:
+        if not optional:
+            raise ValueError(f"{name} is required")
+        m.panels, m.scale, m.type, m.n, m.k = NULL, NULL, 0, 0, 0
+        return 0
+    panels = packed.panels
+    m.type = TYPE_CODES[packed.dtype]
+    m.n, m.k = packed.n, packed.k
+    if (panels.dtype != STORAGE[packed.dtype] or panels.ndim != 1
+            or panels.size != fl_packed_size(m.n, m.k)
+            or panels.ctypes.data % 64 or not panels.flags.c_contiguous):
+        raise ValueError(f"{name}: panels of the wrong size or alignment")
+    m.panels = <const void *> <size_t> panels.ctypes.data
+    m.scale = NULL
+    if m.type == FL_I8:
+        if packed.scale is None or packed.scale.shape != (m.n,):
+            raise ValueError(f"{name}: int8 weights need one scale per output")
+        m.scale = float_ptr(packed.scale, f"{name} scale")
+    return 0
+
+
+cdef inline int fill_rows(Rows *t, object stored, str name) except -1:
+    """Point `t` at a fastlstm.precision.Stored 2-D array (vocab, width)."""
+    from fastlstm.precision import STORAGE, TYPE_CODES
+    data = stored.data
+    if data.dtype != STORAGE[stored.dtype] or data.ndim != 2 or not data.flags.c_contiguous or data.size == 0:
+        raise ValueError(f"{name} must be a non-empty C-contiguous 2-D array")
+    t.type = TYPE_CODES[stored.dtype]
+    t.width = data.shape[1]
+    t.data = <const void *> <size_t> data.ctypes.data
+    t.scale = NULL
+    if t.type == FL_I8:
+        if stored.scale is None or stored.scale.shape != (data.shape[0],):
+            raise ValueError(f"{name}: int8 rows need one scale per row")
+        t.scale = float_ptr(stored.scale, f"{name} scale")
+    return 0
+
+
 cdef inline Layer *layers_from_packed(list packed) except NULL:
     """A malloc'd Layer array (the caller frees it) pointing into PackedLayer arrays."""
     cdef int i, n = len(packed)
@@ -68,17 +125,17 @@ cdef inline Layer *layers_from_packed(list packed) except NULL:
         raise MemoryError()
     try:
         for i, layer in enumerate(packed):
-            layers[i].w_ih = float_ptr(layer.w_ih, "w_ih")
-            layers[i].w_hh = float_ptr(layer.w_hh, "w_hh")
+            fill_matrix(&layers[i].w_ih_p, layer.w_ih_panels, "w_ih")
+            fill_matrix(&layers[i].w_hh_p, layer.w_hh_panels, "w_hh")
+            fill_matrix(&layers[i].w_hr_p, layer.w_hr_panels, "w_hr", True)
+            layers[i].w_ih = float_ptr(layer.w_ih, "w_ih", True)
+            layers[i].w_hh = float_ptr(layer.w_hh, "w_hh", True)
+            layers[i].w_hr = float_ptr(layer.w_hr, "w_hr", True)
             layers[i].bias_x = float_ptr(layer.bias_x, "bias_x")
             layers[i].bias_hn = float_ptr(layer.bias_hn, "bias_hn", True)
-            layers[i].w_hr = float_ptr(layer.w_hr, "w_hr", True)
-            layers[i].w_ih_panels = float_ptr(layer.w_ih_panels, "w_ih_panels")
-            layers[i].w_hh_panels = float_ptr(layer.w_hh_panels, "w_hh_panels")
-            layers[i].w_hr_panels = float_ptr(layer.w_hr_panels, "w_hr_panels", True)
-            layers[i].in_size = layer.w_ih.shape[1]
+            layers[i].in_size = layers[i].w_ih_p.k
             layers[i].hidden = layer.hidden_size
-            layers[i].out_size = layer.w_hh.shape[1]
+            layers[i].out_size = layers[i].w_hh_p.k
     except BaseException:
         free(layers)
         raise
@@ -93,22 +150,20 @@ cdef inline void layer_step(int cell, const Layer *L, int rows, const float *xw,
     xw: (rows, gates*hidden) input projections with biases; h_prev, h_new: (rows, out_size)
     (they may be the same buffer); c: (rows, hidden) LSTM cell state, updated in place;
     hw: (rows, gates*hidden) and hfull: (rows, hidden) scratch.  `panels`: multiply with
-    matmul.h's row-independent kernel instead of BLAS.
+    matmul.h's kernel on the panels (row-independent, any precision) instead of BLAS.
     """
     cdef int G = gates_of(cell)
     # hw := h_prev . W_hh^T
     if panels:
-        fl_matmul_packed(rows, G * L.hidden, L.out_size, h_prev, L.out_size, L.w_hh_panels,
-                         NULL, 0, hw, G * L.hidden)
+        fl_matmul(rows, &L.w_hh_p, h_prev, L.out_size, NULL, 0, hw, G * L.hidden)
     else:
         matmul_wt(rows, G * L.hidden, L.out_size, h_prev, L.out_size, L.w_hh, 0.0, hw, G * L.hidden)
     if cell == CELL_LSTM:
-        if L.w_hr != NULL:
+        if L.w_hr_p.panels != NULL:  # proj_size
             lstm_step(rows, L.hidden, xw, hw, c, hfull)
             # h = W_hr (o * tanh(c))
             if panels:
-                fl_matmul_packed(rows, L.out_size, L.hidden, hfull, L.hidden, L.w_hr_panels,
-                                 NULL, 0, h_new, L.out_size)
+                fl_matmul(rows, &L.w_hr_p, hfull, L.hidden, NULL, 0, h_new, L.out_size)
             else:
                 matmul_wt(rows, L.out_size, L.hidden, hfull, L.hidden, L.w_hr, 0.0, h_new, L.out_size)
         else:
@@ -124,8 +179,7 @@ cdef inline void input_projection(const Layer *L, int gates, int rows, const flo
     """xw (rows, gates*hidden) := x (rows, in_size) . W_ih^T + bias_x."""
     cdef int r, width = gates * L.hidden
     if panels:
-        fl_matmul_packed(rows, width, L.in_size, x, L.in_size, L.w_ih_panels, L.bias_x, 0,
-                         xw, width)
+        fl_matmul(rows, &L.w_ih_p, x, L.in_size, L.bias_x, 0, xw, width)
         return
     for r in range(rows):
         memcpy(xw + <size_t> r * width, L.bias_x, width * sizeof(float))

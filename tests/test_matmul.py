@@ -8,12 +8,14 @@ that exact chain.
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from fastlstm import _matmul
+from fastlstm.pack import aligned_empty, pack_matrix
 
 NS = [1, 7, 15, 16, 17, 257, 2048 + 3]
 KS = [1, 7, 64, 513]
@@ -74,7 +76,7 @@ def check_close(y, x, w, bias=None, y0=None):
 @pytest.mark.parametrize("k", [1, 3, 8])
 def test_pack_layout(n, k):
     _, w, _ = problem(1, n, k)
-    packed = _matmul.pack(w)
+    packed = pack_matrix(w).panels
     panels = -(-n // 16)
     assert packed.shape == (_matmul.packed_size(n, k),) == (panels * k * 16,)
     assert packed.ctypes.data % 64 == 0
@@ -94,11 +96,11 @@ def test_pack_layout(n, k):
 def test_matches_float64_and_the_fma_chain(n, k, force_scalar):
     for m in ([1, 2, 3, 5, 6, 7, 13, 70] if n * k < 100_000 else [1, 4, 9]):
         x, w, bias = problem(m, n, k)
-        packed = _matmul.pack(w)
-        y = _matmul.matmul(x, packed, n, force_scalar=force_scalar)
+        packed = pack_matrix(w)
+        y = _matmul.matmul(x, packed, force_scalar=force_scalar)
         check_close(y, x, w)
         assert_bitwise(y, fma_chain(x, w))
-        yb = _matmul.matmul(x, packed, n, bias, force_scalar=force_scalar)
+        yb = _matmul.matmul(x, packed, bias, force_scalar=force_scalar)
         check_close(yb, x, w, bias)
         assert_bitwise(yb, fma_chain(x, w, bias))
 
@@ -106,9 +108,9 @@ def test_matches_float64_and_the_fma_chain(n, k, force_scalar):
 @pytest.mark.parametrize("n,k", [(17, 7), (257, 64), (2051, 65)])
 def test_every_m_from_1_to_70(n, k):
     x, w, bias = problem(70, n, k)
-    packed = _matmul.pack(w)
+    packed = pack_matrix(w)
     for m in range(1, 71):
-        y = _matmul.matmul(x[:m], packed, n, bias)
+        y = _matmul.matmul(x[:m], packed, bias)
         check_close(y, x[:m], w, bias)
 
 
@@ -118,26 +120,26 @@ def test_every_m_from_1_to_70(n, k):
 @pytest.mark.parametrize("n,k", [(1, 1), (7, 513), (16, 64), (17, 7), (257, 64), (2051, 33)])
 def test_a_row_does_not_depend_on_the_others(n, k):
     x, w, bias = problem(70, n, k, seed=1)
-    packed = _matmul.pack(w)
-    alone = np.stack([_matmul.matmul(x[r : r + 1], packed, n, bias)[0] for r in range(70)])
+    packed = pack_matrix(w)
+    alone = np.stack([_matmul.matmul(x[r : r + 1], packed, bias)[0] for r in range(70)])
     for m in range(2, 71):
-        assert_bitwise(_matmul.matmul(x[:m], packed, n, bias), alone[:m])
+        assert_bitwise(_matmul.matmul(x[:m], packed, bias), alone[:m])
     for offset in range(1, 12):
         for m in (1, 2, 3, 5, 6, 7, 11, 13, 40):
             rows = slice(offset, offset + m)
-            assert_bitwise(_matmul.matmul(x[rows], packed, n, bias), alone[rows])
+            assert_bitwise(_matmul.matmul(x[rows], packed, bias), alone[rows])
 
 
 def test_a_row_does_not_depend_on_the_others_values():
     # Infinities and NaNs in one row stay in that row; the others are bit for bit unchanged.
     n, k = 70, 40
     x, w, bias = problem(12, n, k)
-    packed = _matmul.pack(w)
-    clean = _matmul.matmul(x, packed, n, bias)
+    packed = pack_matrix(w)
+    clean = _matmul.matmul(x, packed, bias)
     dirty = x.copy()
     dirty[3, 5] = np.nan
     dirty[8, 0] = np.inf
-    y = _matmul.matmul(dirty, packed, n, bias)
+    y = _matmul.matmul(dirty, packed, bias)
     keep = [r for r in range(12) if r not in (3, 8)]
     assert_bitwise(y[keep], clean[keep])
     assert np.isnan(y[3]).all() and not np.isfinite(y[8]).any()
@@ -150,12 +152,12 @@ def test_scalar_path_equals_avx2_path(n, k):
         pytest.skip("this CPU runs the scalar path only")
     m = 70 if n * k < 100_000 else 13
     x, w, bias = problem(m, n, k, seed=2)
-    packed = _matmul.pack(w)
+    packed = pack_matrix(w)
     y0 = np.random.default_rng(3).standard_normal((m, n), dtype=np.float32)
     for b in (None, bias):
         for acc in (False, True):
-            fast = _matmul.matmul(x, packed, n, b, y0.copy() if acc else None, acc)
-            slow = _matmul.matmul(x, packed, n, b, y0.copy() if acc else None, acc, force_scalar=True)
+            fast = _matmul.matmul(x, packed, b, y0.copy() if acc else None, acc)
+            slow = _matmul.matmul(x, packed, b, y0.copy() if acc else None, acc, force_scalar=True)
             assert_bitwise(fast, slow)
 
 
@@ -163,10 +165,10 @@ def test_same_bits_from_concurrent_threads():
     # The kernels release the GIL and keep no state: threads running at once change nothing.
     n, k = 300, 200
     x, w, bias = problem(20, n, k)
-    packed = _matmul.pack(w)
-    expected = _matmul.matmul(x, packed, n, bias)
+    packed = pack_matrix(w)
+    expected = _matmul.matmul(x, packed, bias)
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda m: _matmul.matmul(x[:m], packed, n, bias), range(1, 21)))
+        results = list(pool.map(lambda m: _matmul.matmul(x[:m], packed, bias), range(1, 21)))
     for m, y in zip(range(1, 21), results):
         assert_bitwise(y, expected[:m])
 
@@ -178,13 +180,13 @@ def test_same_bits_from_concurrent_threads():
 @pytest.mark.parametrize("m,n,k", [(1, 17, 7), (9, 33, 64), (70, 257, 5)])
 def test_strided_rows(m, n, k, force_scalar):
     x, w, bias = problem(m, n, k)
-    packed = _matmul.pack(w)
-    expected = _matmul.matmul(x, packed, n, bias, force_scalar=force_scalar)
+    packed = pack_matrix(w)
+    expected = _matmul.matmul(x, packed, bias, force_scalar=force_scalar)
     x_big = np.full((m, k + 5), np.nan, dtype=np.float32)  # NaN padding must not be read
     x_big[:, 2 : 2 + k] = x
     y_big = np.full((m, n + 11), -7.0, dtype=np.float32)
     y = y_big[:, 3 : 3 + n]
-    out = _matmul.matmul(x_big[:, 2 : 2 + k], packed, n, bias, y, force_scalar=force_scalar)
+    out = _matmul.matmul(x_big[:, 2 : 2 + k], packed, bias, y, force_scalar=force_scalar)
     assert out is y
     assert_bitwise(y, expected)
     assert (y_big[:, :3] == -7.0).all() and (y_big[:, 3 + n :] == -7.0).all()
@@ -195,43 +197,45 @@ def test_strided_rows(m, n, k, force_scalar):
 def test_accumulate_and_bias(n, force_scalar):
     m, k = 8, 19
     x, w, bias = problem(m, n, k)
-    packed = _matmul.pack(w)
+    packed = pack_matrix(w)
     y0 = np.random.default_rng(5).standard_normal((m, n), dtype=np.float32)
     for b in (None, bias):
-        plain = _matmul.matmul(x, packed, n, b, force_scalar=force_scalar)
+        plain = _matmul.matmul(x, packed, b, force_scalar=force_scalar)
         y = y0.copy()
-        _matmul.matmul(x, packed, n, b, y, accumulate=True, force_scalar=force_scalar)
+        _matmul.matmul(x, packed, b, y, accumulate=True, force_scalar=force_scalar)
         assert_bitwise(y, y0 + plain)  # y + (chain + bias), one float32 add
         check_close(y, x, w, b, y0)
         assert_bitwise(y, fma_chain(x, w, b, y0))
     # Without accumulate, whatever y held is overwritten.
     y = np.full((m, n), np.nan, dtype=np.float32)
-    _matmul.matmul(x, packed, n, bias, y, force_scalar=force_scalar)
+    _matmul.matmul(x, packed, bias, y, force_scalar=force_scalar)
     assert_bitwise(y, fma_chain(x, w, bias))
 
 
 def test_zero_rows():
     _, w, _ = problem(1, 5, 3)
-    y = _matmul.matmul(np.zeros((0, 3), dtype=np.float32), _matmul.pack(w), 5)
+    y = _matmul.matmul(np.zeros((0, 3), dtype=np.float32), pack_matrix(w))
     assert y.shape == (0, 5)
 
 
 def test_rejects_bad_arguments():
     x, w, bias = problem(2, 20, 8)
-    packed = _matmul.pack(w)
-    with pytest.raises(ValueError, match="packed"):
-        _matmul.matmul(x, packed[:-16], 20)
-    with pytest.raises(ValueError, match="aligned"):
-        shifted = _matmul.aligned_empty(packed.size + 1)[1:]
-        shifted[:] = packed
-        _matmul.matmul(x, shifted, 20)
+    packed = pack_matrix(w)
+    with pytest.raises(ValueError, match="size"):
+        _matmul.matmul(x, dataclasses.replace(packed, panels=packed.panels[:-16]))
+    with pytest.raises(ValueError, match="alignment"):
+        shifted = aligned_empty(packed.panels.size + 1, np.float32)[1:]
+        shifted[:] = packed.panels
+        _matmul.matmul(x, dataclasses.replace(packed, panels=shifted))
+    with pytest.raises(ValueError, match="columns"):
+        _matmul.matmul(x[:, :7], packed)
     with pytest.raises(ValueError, match="bias"):
-        _matmul.matmul(x, packed, 20, bias[:5])
+        _matmul.matmul(x, packed, bias[:5])
     with pytest.raises(ValueError, match="shape"):
-        _matmul.matmul(x, packed, 20, y=np.empty((2, 19), dtype=np.float32))
+        _matmul.matmul(x, packed, y=np.empty((2, 19), dtype=np.float32))
     with pytest.raises(ValueError, match="accumulate"):
-        _matmul.matmul(x, packed, 20, accumulate=True)
+        _matmul.matmul(x, packed, accumulate=True)
     with pytest.raises(ValueError, match="contiguous"):
-        _matmul.matmul(np.asfortranarray(np.ones((3, 8), dtype=np.float32)), packed, 20)
+        _matmul.matmul(np.asfortranarray(np.ones((3, 8), dtype=np.float32)), packed)
     with pytest.raises(ValueError, match="float32"):
-        _matmul.matmul(x.astype(np.float64), packed, 20)
+        _matmul.matmul(x.astype(np.float64), packed)
