@@ -10,9 +10,9 @@ layers alone), `export` (PyTorch -> fastlstm file; needs the torch extra), `Mode
 
 from fastlstm import _openblas  # noqa: F401  (loads the BLAS before any kernel module)
 from fastlstm.config import ModelConfig
-from fastlstm.export import export
+from fastlstm.export import convert, export
 from fastlstm.layers import GRU, LSTM, RNN
 from fastlstm.model import Model, load
 
 __version__ = "0.1.0"
-__all__ = ["GRU", "LSTM", "RNN", "Model", "ModelConfig", "export", "load", "__version__"]
+__all__ = ["GRU", "LSTM", "RNN", "Model", "ModelConfig", "convert", "export", "load", "__version__"]

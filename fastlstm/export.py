@@ -1,4 +1,5 @@
-"""Export a PyTorch language model to a fastlstm model file (needs `pip install fastlstm[torch]`).
+"""Write fastlstm model files: `export` from PyTorch (needs `pip install fastlstm[torch]`), and
+`convert` from one file to another precision (no torch).
 
 A fastlstm model file is a safetensors file holding the model's state_dict tensors under
 their own PyTorch names, plus `__metadata__`:
@@ -7,6 +8,9 @@ their own PyTorch names, plus `__metadata__`:
     "rnn_type": "LSTM" | "GRU" | "RNN_TANH" | "RNN_RELU",
     "tokenizer": Tokenizer.to_json()            (optional),
     "<dropped name>": "<kept name>"             (a tied head, stored once, as save_model does).
+
+Matrices are float32, float16, bfloat16 or int8; an int8 matrix `name` has its per-row
+float32 scales in `name_scale` (W = q * scale[:, None]); biases are float32.
 
 torch is imported inside functions only, so `import fastlstm` never imports it.
 """
@@ -19,15 +23,17 @@ from collections.abc import Mapping
 import numpy as np
 
 from fastlstm.config import check_rnn_type
+from fastlstm.precision import check_dtype
 from fastlstm.tokenizers import Tokenizer, make_tokenizer
-from fastlstm.weights import FORMAT_VERSION, find_roles
+from fastlstm.weights import FORMAT_VERSION, find_roles, read_model_file, write_model_file
 
-__all__ = ["export"]
+__all__ = ["export", "convert"]
 
 FORMAT = "fastlstm"
 
 
-def export(module_or_state_dict, path, *, vocab=None, tokenizer=None, rnn_type=None) -> None:
+def export(module_or_state_dict, path, *, vocab=None, tokenizer=None, rnn_type=None,
+           dtype=None) -> None:
     """Write a PyTorch `Embedding -> LSTM/GRU/RNN -> Linear` language model as a fastlstm file.
 
     Args:
@@ -42,16 +48,21 @@ def export(module_or_state_dict, path, *, vocab=None, tokenizer=None, rnn_type=N
         rnn_type: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU". Taken from the module when
             exporting one (a contradicting value is an error); a state_dict of a plain RNN
             needs it, because shapes cannot tell tanh from relu.
+        dtype: the precision of the matrices in the file: "float32", "float16", "bfloat16"
+            or "int8" (per-row scales; see fastlstm.precision).  None keeps the module's own
+            (float16 or bfloat16 when all its matrices are, else float32).  Biases are
+            written as float32.
 
-    Weights keep their dtype (float32, float16 or bfloat16). A head tied to the embedding (or
+    A head tied to the embedding (or
     equal to it) is stored once: the head's name is dropped and the metadata maps it to the
     embedding's name, e.g. {"decoder.weight": "encoder.weight"}.
     The result is validated with fastlstm's own loader before anything is written, so every
     file written loads. Raises ValueError for anything that is not such a model.
     """
     torch = import_torch()
-    from safetensors.torch import save_file
 
+    if dtype is not None:
+        dtype = check_dtype(dtype)
     if rnn_type is not None:
         rnn_type = check_rnn_type(rnn_type)
     if isinstance(module_or_state_dict, torch.nn.Module):
@@ -84,8 +95,28 @@ def export(module_or_state_dict, path, *, vocab=None, tokenizer=None, rnn_type=N
         del tensors[head], arrays[head]
         metadata[head] = emb
     find_roles(arrays, metadata)  # what is written is exactly what was checked
-    tensors = {name: t.contiguous() for name, t in tensors.items()}
-    save_file(tensors, os.fspath(path), metadata=metadata)
+    if dtype is None:
+        kinds = {str(t.dtype).removeprefix("torch.") for t in tensors.values() if t.ndim == 2}
+        dtype = kinds.pop() if len(kinds) == 1 else "float32"
+    write_model_file(path, arrays, metadata, dtype)
+
+
+def convert(path, out, *, dtype: str, rnn_type: str | None = None) -> None:
+    """Write the model file at `path` again at `out` with its matrices in `dtype`
+    ("float32", "float16", "bfloat16" or "int8"); no torch needed.
+
+    The file is checked as `fastlstm.load` checks it; names, tokenizer and tied weights are
+    kept.  `fastlstm.load(out)` then gives exactly `fastlstm.load(path, dtype=dtype)`.
+    rnn_type is needed only for plain RNN files without metadata, as for `load`.
+    """
+    from fastlstm.weights import read_safetensors
+
+    dtype = check_dtype(dtype)
+    weights, metadata, _ = read_model_file(path, rnn_type)
+    tensors, _, _ = read_safetensors(path)
+    metadata = {**metadata, "format": FORMAT, "format_version": FORMAT_VERSION,
+                "rnn_type": weights.config.rnn_type}
+    write_model_file(out, tensors, metadata, dtype)
 
 
 def import_torch():

@@ -31,9 +31,14 @@ from fastlstm.tokenizers import json_structure, loads_untrusted_json
 METADATA_KEYS = ("format", "format_version", "rnn_type", "tokenizer")
 FORMAT_VERSION = "1"
 
-_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": None}
-_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-_DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
+_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": None,
+           "I8": np.dtype("i1")}
+_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+                "I8": "int8"}
+# An int8 matrix `name` (rows, cols) comes with its float32 scales `name + SCALE_SUFFIX`
+# (rows,): W = q * scale[:, None] (fastlstm.precision).
+SCALE_SUFFIX = "_scale"
+_DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I8": 1}
 # PyTorch's own names only: layer numbers in ASCII without leading zeros, nothing after them
 # (`$` would also match before a final newline, and `\d` any Unicode digit, so "..._l1\n",
 # "..._l01" and "..._l\u0661" would each have been a second layer 1).
@@ -128,18 +133,46 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
         raise ValueError(f"{path}: not a valid safetensors file: safetensors reads its header "
                          f"differently from fastlstm")
 
-    tensors, dtypes = {}, set()
+    tensors, raw = {}, dict(entries)
+    int8 = [name for name, (dtype, _) in header.items() if dtype == "I8"]
+    scales = {name + SCALE_SUFFIX: name for name in int8}
     with np.errstate(all="ignore"):  # float64 beyond float32's range becomes inf, refused later
         for name, entry in entries:
             dtype, shape = entry["dtype"], tuple(entry["shape"])
+            if name in scales:
+                continue
             if dtype == "BF16":  # NumPy has no bfloat16: its bits are the top half of a float32
                 bits = np.frombuffer(entry["data"], dtype="<u2").astype(np.uint32) << 16
                 array = bits.view(np.float32)
+            elif dtype == "I8":
+                array = _dequantize(path, name, entry, raw.get(name + SCALE_SUFFIX))
             else:
                 array = np.frombuffer(entry["data"], dtype=_DTYPES[dtype]).astype(np.float32)
             tensors[name] = array.reshape(shape)
-            dtypes.add(_DTYPE_NAMES[dtype])
+    # The file's precision is that of its matrices (biases may be kept in float32).
+    matrices = {dtype for name, (dtype, shape) in header.items()
+                if len(shape) == 2 and name not in scales}
+    dtypes = {_DTYPE_NAMES[d] for d in (matrices or {d for d, _ in header.values()})}
     return tensors, metadata, dtypes.pop() if len(dtypes) == 1 else "mixed"
+
+
+def _dequantize(path: str, name: str, entry: dict, scale_entry: dict | None) -> np.ndarray:
+    """An int8 matrix and its per-row scales as float32: q * scale[:, None]."""
+    shape = tuple(entry["shape"])
+    if len(shape) != 2:
+        raise ValueError(f"{path}: int8 tensor {name!r} has shape {shape}; fastlstm stores "
+                         "only matrices in int8, each with one float32 scale per row")
+    expected = f"a float32 tensor {name + SCALE_SUFFIX!r} of shape ({shape[0]},)"
+    if scale_entry is None:
+        raise ValueError(f"{path}: int8 tensor {name!r} has no scales: expected {expected}")
+    if scale_entry["dtype"] != "F32" or tuple(scale_entry["shape"]) != (shape[0],):
+        raise ValueError(f"{path}: the scales of int8 tensor {name!r} are "
+                         f"{scale_entry['dtype']} {tuple(scale_entry['shape'])}; expected {expected}")
+    scale = np.frombuffer(scale_entry["data"], dtype="<f4")
+    if not (np.isfinite(scale).all() and (scale >= 0).all()):
+        raise ValueError(f"{path}: the scales of int8 tensor {name!r} must be finite and >= 0")
+    q = np.frombuffer(entry["data"], dtype="i1").reshape(shape)
+    return q.astype(np.float32) * scale[:, None]
 
 
 def _read_header(path: str, data: bytes) -> tuple[dict[str, tuple[str, tuple[int, ...]]],
@@ -206,7 +239,7 @@ def _read_header(path: str, data: bytes) -> tuple[dict[str, tuple[str, tuple[int
             raise bad(f"{what}: dtype {dtype!r} is not a string")
         if dtype not in _DTYPE_SIZES:
             raise ValueError(f"{path}: tensor {name!r} has dtype {dtype}; fastlstm reads "
-                             f"floating-point tensors only ({', '.join(_DTYPE_NAMES)})")
+                             f"{', '.join(_DTYPE_NAMES)} tensors only")
         if not _is_int_list(shape) or any(d < 0 for d in shape):
             raise bad(f"{what}: shape {shape!r} is not a list of non-negative integers")
         if len(shape) > MAX_NDIM:
@@ -530,3 +563,66 @@ def _check_tokenizer_size(tokenizer_json: str, vocab_size: int) -> None:
     if separators > vocab_size + 3:
         raise ValueError(f"bad tokenizer metadata: its JSON lists about {separators - 2:,} "
                          f"tokens, but the model's vocabulary is {vocab_size:,}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+_SAFETENSORS_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int8": "I8"}
+
+
+def write_model_file(path, tensors: dict[str, np.ndarray], metadata: dict[str, str],
+                     dtype: str) -> None:
+    """Write float32 `tensors` as a safetensors file in the precision `dtype`.
+
+    Matrices are stored in `dtype` (int8: with their per-row float32 scales under
+    `name + "_scale"`); vectors (biases) stay float32, as fastlstm holds them in memory, so
+    the file loads exactly as `fastlstm.load(float32 file, dtype=dtype)`.  See
+    fastlstm.precision for the rounding.
+    """
+    from fastlstm.precision import check_dtype, convert
+
+    dtype = check_dtype(dtype)
+    stored = {}
+    for name, array in tensors.items():
+        kind = dtype if array.ndim == 2 else "float32"
+        value = convert(array, kind, repr(name))
+        stored[name] = (_SAFETENSORS_DTYPE[kind], value.data)
+        if value.scale is not None:
+            stored[name + SCALE_SUFFIX] = ("F32", value.scale)
+    write_safetensors(path, stored, metadata)
+
+
+def write_safetensors(path, tensors: dict[str, tuple[str, np.ndarray]],
+                      metadata: dict[str, str]) -> None:
+    """Write {name: (safetensors dtype, array of that type's bytes)} in the safetensors format:
+    an 8-byte little-endian header length, the JSON header (padded with spaces to a multiple
+    of 8 bytes), then each tensor's bytes back to back, little-endian, C order.  Written to a
+    temporary file and renamed, so an interrupted write never leaves half a model."""
+    import json
+
+    header, offset = {}, 0
+    for name, (code, array) in tensors.items():
+        nbytes = array.nbytes
+        header[name] = {"dtype": code, "shape": list(array.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(text)))
+            f.write(text)
+            for _, array in tensors.values():
+                f.write(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"),
+                                                          copy=False).tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
