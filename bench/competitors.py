@@ -6,12 +6,24 @@ one-token prompt (row b: id b mod V) and a zero state, so no competitor does any
 
   fastlstm          model.generate_ids(prompts, max_new_tokens=N, temperature=0.8, seed=...):
                     the whole loop runs in C, Python is entered once per round.
+  fastlstm_fp16     the same loop on the model loaded with fastlstm.load(path, dtype=...):
+  fastlstm_bf16     "float16", "bfloat16" or "int8" (per-output-row scales) weights, float32
+  fastlstm_int8     arithmetic.  The file is the same float32 export; load converts.
   torch             a Python loop calling the nn.Module one step at a time with its state,
                     torch.softmax, torch.multinomial; torch.set_num_threads(T); inference_mode.
   torch_onednn_off  the same inside torch.backends.mkldnn.flags(enabled=False).
   onnxruntime       the module exported as a one-step graph (ids (B,1) int64, h[, c] ->
                     logits, h[, c]), intra_op_num_threads=T, inter_op 1, sequential; the
                     softmax and sampling in NumPy.
+  onnxruntime_int8  the same loop on that graph after ONNX Runtime's dynamic quantization,
+                    quantize_dynamic(graph, weight_type=QuantType.QInt8) with its defaults
+                    (op_types_to_quantize=None: every op of its IntegerOps registry, which
+                    holds LSTM and MatMul but not GRU or Gemm; per_channel=False).  For an LSTM
+                    graph that is every weight: each ONNX LSTM op becomes DynamicQuantizeLSTM
+                    (W and R int8, one scale per tensor, biases float32), the head MatMul
+                    becomes DynamicQuantizeLinear + MatMulInteger (activations uint8 per call),
+                    and the embedding Gather reads uint8 rows.  For a GRU graph only the head
+                    and the embedding: the GRU ops stay float32.
   floor_matmul      the same matrix products and nothing else: per token and layer
                     x.W_ih^T and h.W_hh^T, then h.W_head^T (numpy.matmul into preallocated
                     outputs, NumPy's OpenBLAS limited to T threads by threadpoolctl; each
@@ -24,8 +36,10 @@ one-token prompt (row b: id b mod V) and a zero state, so no competitor does any
                     writes too).  One thread, batch 1 only: at batch 64 the bound is arithmetic.
 
 Prefill runs the model over (1, S) ids from a zero state and returns all S logits: fastlstm
-`model.forward(ids)`, the torch module's forward, ONNX Runtime on a sequence graph (dynamic S),
-and floor_matmul: one GEMM per layer for the input projections of all steps, S GEMVs with W_hh
+`model.forward(ids)` (fastlstm_fp16/bf16/int8: the same on a model loaded in that dtype, which
+runs forward on fastlstm's own kernels, not BLAS), the torch module's forward, ONNX Runtime on
+a sequence graph (dynamic S; onnxruntime_int8 on that graph quantized as above), and
+floor_matmul: one GEMM per layer for the input projections of all steps, S GEMVs with W_hh
 per layer, one GEMM for the head.
 """
 
@@ -160,9 +174,10 @@ class BenchModel:
 
     # -- fastlstm ---------------------------------------------------------------------------
 
-    def fastlstm(self, threads: int) -> fastlstm.Model:
-        return self._cached(("fastlstm", threads),
-                            lambda: fastlstm.load(self.path, num_threads=threads))
+    def fastlstm(self, threads: int, dtype: str = "float32") -> fastlstm.Model:
+        """The model file loaded with num_threads=threads and its weights held in `dtype`."""
+        return self._cached(("fastlstm", threads, dtype),
+                            lambda: fastlstm.load(self.path, dtype=dtype, num_threads=threads))
 
     # -- ONNX Runtime -----------------------------------------------------------------------
 
@@ -193,7 +208,28 @@ class BenchModel:
                               dynamic_axes=axes, opset_version=17, dynamo=False)
         return path
 
-    def ort_session(self, kind: str, threads: int):
+    def onnx_int8_path(self, kind: str) -> Path:
+        """The `kind` graph after ONNX Runtime's dynamic int8 quantization (see the module
+        docstring for what it quantizes)."""
+        return self._cached(("onnx_int8", kind), lambda: self._quantize_onnx(kind))
+
+    def _quantize_onnx(self, kind: str) -> Path:
+        import logging
+
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        source = self.onnx_path(kind)
+        path = self.dir / f"{self.cfg.name}.{kind}.int8.onnx"
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # "Please consider to run pre-processing" on every call
+        try:
+            quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
+        return path
+
+    def ort_session(self, kind: str, threads: int, int8: bool = False):
         def make():
             import onnxruntime as ort
 
@@ -202,10 +238,10 @@ class BenchModel:
             options.inter_op_num_threads = 1
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             options.log_severity_level = 3
-            return ort.InferenceSession(str(self.onnx_path(kind)), options,
-                                        providers=["CPUExecutionProvider"])
+            path = self.onnx_int8_path(kind) if int8 else self.onnx_path(kind)
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-        return self._cached(("ort", kind, threads), make)
+        return self._cached(("ort", kind, threads, int8), make)
 
     # -- raw weights, for the floors --------------------------------------------------------
 
@@ -296,8 +332,9 @@ def sample_numpy(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 @contextmanager
-def decode_fastlstm(lm: BenchModel, batch: int, steps: int, threads: int):
-    model = lm.fastlstm(threads)
+def decode_fastlstm(lm: BenchModel, batch: int, steps: int, threads: int,
+                    dtype: str = "float32"):
+    model = lm.fastlstm(threads, dtype)
     prompts = lm.prompt_ids(batch)
 
     def run():
@@ -305,6 +342,18 @@ def decode_fastlstm(lm: BenchModel, batch: int, steps: int, threads: int):
                                   seed=SEED)
 
     yield run
+
+
+def decode_fastlstm_fp16(lm, batch, steps, threads):
+    return decode_fastlstm(lm, batch, steps, threads, dtype="float16")
+
+
+def decode_fastlstm_bf16(lm, batch, steps, threads):
+    return decode_fastlstm(lm, batch, steps, threads, dtype="bfloat16")
+
+
+def decode_fastlstm_int8(lm, batch, steps, threads):
+    return decode_fastlstm(lm, batch, steps, threads, dtype="int8")
 
 
 def _decode_torch(lm: BenchModel, batch: int, steps: int, threads: int, onednn: bool):
@@ -341,8 +390,9 @@ def decode_torch_onednn_off(lm, batch, steps, threads):
 
 
 @contextmanager
-def decode_onnxruntime(lm: BenchModel, batch: int, steps: int, threads: int):
-    session = lm.ort_session("step", threads)
+def decode_onnxruntime(lm: BenchModel, batch: int, steps: int, threads: int,
+                       int8: bool = False):
+    session = lm.ort_session("step", threads, int8)
     prompts = lm.prompt_ids(batch)
     names = list(lm.zero_state(1))
 
@@ -358,6 +408,10 @@ def decode_onnxruntime(lm: BenchModel, batch: int, steps: int, threads: int):
         return out
 
     yield run
+
+
+def decode_onnxruntime_int8(lm, batch, steps, threads):
+    return decode_onnxruntime(lm, batch, steps, threads, int8=True)
 
 
 @contextmanager
@@ -403,9 +457,13 @@ def decode_floor_read(lm: BenchModel, batch: int, steps: int, threads: int):
 
 DECODE = {
     "fastlstm": decode_fastlstm,
+    "fastlstm_fp16": decode_fastlstm_fp16,
+    "fastlstm_bf16": decode_fastlstm_bf16,
+    "fastlstm_int8": decode_fastlstm_int8,
     "torch": decode_torch,
     "torch_onednn_off": decode_torch_onednn_off,
     "onnxruntime": decode_onnxruntime,
+    "onnxruntime_int8": decode_onnxruntime_int8,
     "floor_matmul": decode_floor_matmul,
     "floor_read": decode_floor_read,
 }
@@ -421,10 +479,22 @@ def prefill_ids(lm: BenchModel, steps: int) -> np.ndarray:
 
 
 @contextmanager
-def prefill_fastlstm(lm: BenchModel, steps: int, threads: int):
-    model = lm.fastlstm(threads)
+def prefill_fastlstm(lm: BenchModel, steps: int, threads: int, dtype: str = "float32"):
+    model = lm.fastlstm(threads, dtype)
     ids = prefill_ids(lm, steps)
     yield lambda: model.forward(ids)[0]
+
+
+def prefill_fastlstm_fp16(lm, steps, threads):
+    return prefill_fastlstm(lm, steps, threads, dtype="float16")
+
+
+def prefill_fastlstm_bf16(lm, steps, threads):
+    return prefill_fastlstm(lm, steps, threads, dtype="bfloat16")
+
+
+def prefill_fastlstm_int8(lm, steps, threads):
+    return prefill_fastlstm(lm, steps, threads, dtype="int8")
 
 
 def _prefill_torch(lm: BenchModel, steps: int):
@@ -450,10 +520,14 @@ def prefill_torch_onednn_off(lm, steps, threads):
 
 
 @contextmanager
-def prefill_onnxruntime(lm: BenchModel, steps: int, threads: int):
-    session = lm.ort_session("sequence", threads)
+def prefill_onnxruntime(lm: BenchModel, steps: int, threads: int, int8: bool = False):
+    session = lm.ort_session("sequence", threads, int8)
     feeds = {"ids": prefill_ids(lm, steps), **lm.zero_state(1)}
     yield lambda: session.run(["logits"], feeds)[0]
+
+
+def prefill_onnxruntime_int8(lm, steps, threads):
+    return prefill_onnxruntime(lm, steps, threads, int8=True)
 
 
 @contextmanager
@@ -489,8 +563,12 @@ def prefill_floor_matmul(lm: BenchModel, steps: int, threads: int):
 
 PREFILL = {
     "fastlstm": prefill_fastlstm,
+    "fastlstm_fp16": prefill_fastlstm_fp16,
+    "fastlstm_bf16": prefill_fastlstm_bf16,
+    "fastlstm_int8": prefill_fastlstm_int8,
     "torch": prefill_torch,
     "torch_onednn_off": prefill_torch_onednn_off,
     "onnxruntime": prefill_onnxruntime,
+    "onnxruntime_int8": prefill_onnxruntime_int8,
     "floor_matmul": prefill_floor_matmul,
 }
