@@ -18,14 +18,27 @@ from dataclasses import dataclass
 
 RUNTIMES = {  # name in the JSON -> column title
     "fastlstm": "fastlstm",
+    "fastlstm_fp16": "fastlstm fp16",
+    "fastlstm_bf16": "fastlstm bf16",
+    "fastlstm_int8": "fastlstm int8",
     "torch": "PyTorch",
     "torch_onednn_off": "PyTorch oneDNN off",
     "onnxruntime": "ONNX Runtime",
+    "onnxruntime_int8": "ONNX Runtime int8",
     "floor_matmul": "floor: matmuls",
     "floor_read": "floor: weight read",
 }
 TORCHES = ("torch", "torch_onednn_off")
-COMPETITORS = ("torch", "torch_onednn_off", "onnxruntime")  # real runtimes, not floors
+COMPETITORS = ("torch", "torch_onednn_off", "onnxruntime")  # real float32 runtimes, not floors
+# The float32 table: every runtime computing with float32 weights, and the floors.
+FLOAT32 = ("fastlstm", "torch", "torch_onednn_off", "onnxruntime", "floor_matmul", "floor_read")
+# The precision table: fastlstm in each weight precision, ONNX Runtime float32 and int8.
+REDUCED = ("fastlstm_fp16", "fastlstm_bf16", "fastlstm_int8")
+PRECISION = ("fastlstm", *REDUCED, "onnxruntime", "onnxruntime_int8")
+# Issue 6 targets: one thread, batch 1, tokens/s vs fastlstm float32 (reported, never enforced)
+PRECISION_TARGETS = {"fastlstm_fp16": 1.7, "fastlstm_bf16": 1.7, "fastlstm_int8": 2.5}
+PRECISION_TARGET_CONFIGS = ("char_lstm_2x512", "word_lstm_2x650")
+BYTES = {"fastlstm_fp16": 2, "fastlstm_bf16": 2, "fastlstm_int8": 1}  # per weight
 TARGET_CONFIGS = ("char_lstm_2x512", "char_gru_2x512", "word_lstm_2x650")
 MODES = [("decode", 1), ("decode", 64), ("prefill", 1)]
 
@@ -119,9 +132,16 @@ def machine_lines(machine: dict, date: str, stat: str) -> list[str]:
     return lines
 
 
+def _sorted_keys(speed, config):
+    return sorted((k for k in speed if k.config == config),
+                  key=lambda k: (MODES.index((k.mode, k.batch)) if (k.mode, k.batch) in MODES
+                                 else 99, k.threads))
+
+
 def speed_tables(speed, noisy=frozenset()) -> list[str]:
+    """Per config: the float32 runtimes and floors, then (if measured) the precisions."""
     lines = []
-    runtimes = [r for r in RUNTIMES if any(r in row for row in speed.values())]
+    runtimes = [r for r in FLOAT32 if any(r in row for row in speed.values())]
     for config in configs_in(speed):
         lines += [f"### {config}", ""]
         head = ["mode", "B", "T"] + [RUNTIMES[r] for r in runtimes]
@@ -129,10 +149,7 @@ def speed_tables(speed, noisy=frozenset()) -> list[str]:
                  "fastlstm / floor read"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|")
-        keys = sorted((k for k in speed if k.config == config),
-                      key=lambda k: (MODES.index((k.mode, k.batch)) if (k.mode, k.batch) in MODES
-                                     else 99, k.threads))
-        for key in keys:
+        for key in _sorted_keys(speed, config):
             row = speed[key]
             fast = row.get("fastlstm")
             cells = [key.mode, str(key.batch), str(key.threads)]
@@ -143,18 +160,50 @@ def speed_tables(speed, noisy=frozenset()) -> list[str]:
                       fmt(ratio(fast, row.get("floor_read")), True)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        lines += precision_table(speed, config, noisy)
     return lines
 
 
+def precision_table(speed, config, noisy=frozenset()) -> list[str]:
+    """fastlstm in each weight precision next to its float32 self and ONNX Runtime float32
+    and int8: tokens/s, each reduced precision / fastlstm float32, / ONNX Runtime int8."""
+    runtimes = [r for r in PRECISION if any(r in row for k, row in speed.items()
+                                            if k.config == config)]
+    reduced = [r for r in REDUCED if r in runtimes]
+    if not reduced and "onnxruntime_int8" not in runtimes:
+        return []
+    short = {r: RUNTIMES[r].removeprefix("fastlstm ") for r in reduced}
+    head = ["mode", "B", "T"] + [RUNTIMES[r] for r in runtimes]
+    head += [f"{short[r]} / fastlstm" for r in reduced]
+    head += [f"{short[r]} / ORT int8" for r in reduced]
+    head += ["ORT int8 / ORT"]
+    lines = [f"#### {config}: weight precisions", "",
+             "| " + " | ".join(head) + " |",
+             "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
+    for key in _sorted_keys(speed, config):
+        row = speed[key]
+        if not any(r in row for r in (*REDUCED, "onnxruntime_int8")):
+            continue
+        cells = [key.mode, str(key.batch), str(key.threads)]
+        cells += [fmt(row.get(r)) + (" †" if (key, r) in noisy else "") for r in runtimes]
+        cells += [fmt(ratio(row.get(r), row.get("fastlstm")), True) for r in reduced]
+        cells += [fmt(ratio(row.get(r), row.get("onnxruntime_int8")), True) for r in reduced]
+        cells += [fmt(ratio(row.get("onnxruntime_int8"), row.get("onnxruntime")), True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def scaling_table(speed) -> list[str]:
-    lines = ["| config | " + " | ".join(RUNTIMES[r] for r in RUNTIMES if r != "floor_read")
-             + " |", "|---|" + "---:|" * (len(RUNTIMES) - 1)]
+    runtimes = [r for r in RUNTIMES if r != "floor_read"
+                and any(r in row for k, row in speed.items() if (k.mode, k.batch) == ("decode", 64))]
+    lines = ["| config | " + " | ".join(RUNTIMES[r] for r in runtimes) + " |",
+             "|---|" + "---:|" * len(runtimes)]
     for config in configs_in(speed):
         one = speed.get(Key(config, "decode", 64, 1), {})
         two = speed.get(Key(config, "decode", 64, 2), {})
         if not one or not two:
             continue
-        cells = [fmt(ratio(two.get(r), one.get(r)), True) for r in RUNTIMES if r != "floor_read"]
+        cells = [fmt(ratio(two.get(r), one.get(r)), True) for r in runtimes]
         lines.append(f"| {config} | " + " | ".join(cells) + " |")
     if len(lines) == 2:
         return ["Not measured (needs decode at batch 64 with one and two threads).", ""]
@@ -219,6 +268,25 @@ def targets(speed, startup) -> list[tuple[str, str, float | None, float, str]]:
             ratio(pre.get("fastlstm"), best_torch(pre)), 1.5)
         add("batch-64 decode, two threads vs one", config,
             ratio(b64_2.get("fastlstm"), b64.get("fastlstm")), 1.6)
+    for config in PRECISION_TARGET_CONFIGS:
+        b1 = speed.get(Key(config, "decode", 1, 1), {})
+        fast = b1.get("fastlstm")
+        for runtime, required in PRECISION_TARGETS.items():
+            note = ""
+            floor = b1.get("floor_read")
+            if fast and floor:
+                # one read of the weights at this precision: the float32 floor x 4 / bytes
+                # (biases stay float32, a few KB: ignored; like the float32 floor it counts
+                # layer 0's W_ih, which fastlstm replaces by its lookup table)
+                scaled = floor * 4 / BYTES[runtime]
+                note = (f"needs {fmt(required * fast)} tokens/s = "
+                        f"{required * fast / scaled:.2f} of the weight-read floor scaled to "
+                        f"{BYTES[runtime]}-byte weights (~{fmt(scaled)}/s)")
+            if b1.get("onnxruntime_int8") and b1.get(runtime):
+                note += (("; " if note else "") + "vs ONNX Runtime int8 "
+                         f"{b1[runtime] / b1['onnxruntime_int8']:.2f}x")
+            add(f"batch-1 decode, {RUNTIMES[runtime]} vs fastlstm float32", config,
+                ratio(b1.get(runtime), fast), required, note=note)
     imp = startup.get("import")
     add("`import fastlstm` (s)", "", imp["seconds"] if imp else None, 0.3, "<=")
     first = startup.get("load_first_token")
@@ -242,7 +310,8 @@ def target_lines(rows) -> list[str]:
 
 
 def slow_lines(speed) -> list[str]:
-    """Every row where a real competitor is faster than fastlstm."""
+    """Every row where a real float32 competitor is faster than fastlstm float32, and every
+    row where ONNX Runtime int8 is faster than fastlstm in each reduced precision."""
     lines = []
     for key, row in speed.items():
         fast = row.get("fastlstm")
@@ -256,7 +325,23 @@ def slow_lines(speed) -> list[str]:
             lines.append(f"- {key.config} {key.mode} B={key.batch} T={key.threads}: "
                          f"{RUNTIMES[winner]} is {rivals[winner] / fast:.2f}x faster "
                          f"({fmt(rivals[winner])} vs {fmt(fast)} tokens/s)")
-    return lines or ["- none: fastlstm is the fastest runtime in every row"]
+    lines = lines or ["- none: fastlstm (float32) is the fastest float32 runtime in every row"]
+    int8 = []
+    for key, row in speed.items():
+        ours = {r: row[r] for r in REDUCED if r in row}
+        theirs = row.get("onnxruntime_int8")
+        if not ours or theirs is None:
+            continue
+        best = max(ours, key=ours.get)
+        if theirs > ours[best]:
+            int8.append(f"- {key.config} {key.mode} B={key.batch} T={key.threads}: "
+                        f"ONNX Runtime int8 is {theirs / ours[best]:.2f}x faster than "
+                        f"{RUNTIMES[best]}, the fastest fastlstm precision "
+                        f"({fmt(theirs)} vs {fmt(ours[best])} tokens/s)")
+    if int8:
+        lines += ["", "Reduced precision (ONNX Runtime int8 vs fastlstm's fastest of fp16, bf16, "
+                  "int8):", ""] + int8
+    return lines
 
 
 def markdown(speed, startup, machine, date, stat) -> str:
@@ -270,7 +355,11 @@ def markdown(speed, startup, machine, date, stat) -> str:
               "PyTorch: a Python loop over the module with `torch.multinomial`; ONNX Runtime: a "
               "one-step graph, sampling in NumPy). The floors do only the matrix products "
               "(NumPy's OpenBLAS, threads limited to T) or only one read of the weight bytes per "
-              "token (one thread). See bench/competitors.py.", ""]
+              "token (one thread). Weight precisions: fastlstm fp16/bf16/int8 run the same loop "
+              "on the model loaded with `dtype=` float16, bfloat16 or int8 (per-row scales; "
+              "arithmetic in float32); ONNX Runtime int8 runs the same graph after "
+              "`quantize_dynamic(weight_type=QInt8)` (LSTM ops and the head MatMul quantized; "
+              "GRU ops stay float32). See bench/competitors.py.", ""]
     noisy = machine.get("noisy", set())
     lines += ["## Targets", ""] + target_lines(rows)
     if speed:
@@ -298,8 +387,9 @@ def markdown(speed, startup, machine, date, stat) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def plot(speed, path: str, title: str = "") -> None:
-    """One panel per (mode, threads): each runtime's tokens/s divided by fastlstm's, per
-    config (log scale; below 1 fastlstm is faster), fastlstm's own tokens/s under each label."""
+    """One panel per (mode, threads): each runtime's tokens/s divided by fastlstm float32's,
+    per config (log scale; below 1 fastlstm float32 is faster), fastlstm float32's own tokens/s
+    under each label.  fastlstm's reduced precisions and ONNX Runtime int8 are bars too."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -310,8 +400,13 @@ def plot(speed, path: str, title: str = "") -> None:
     configs = configs_in(speed)
     threads = sorted({k.threads for k in speed})
     runtimes = [r for r in RUNTIMES if any(r in row for row in speed.values())]
-    colors = dict(zip(RUNTIMES, ["#d62728", "#1f77b4", "#aec7e8", "#ff7f0e", "#7f7f7f", "#c7c7c7"]))
-    fig, axes = plt.subplots(len(threads), len(MODES), figsize=(5.2 * len(MODES), 4.0 * len(threads)),
+    colors = {"fastlstm": "#d62728", "fastlstm_fp16": "#ff9896", "fastlstm_bf16": "#e377c2",
+              "fastlstm_int8": "#8c564b", "torch": "#1f77b4", "torch_onednn_off": "#aec7e8",
+              "onnxruntime": "#ff7f0e", "onnxruntime_int8": "#ffbb78", "floor_matmul": "#7f7f7f",
+              "floor_read": "#c7c7c7"}
+    per_panel = 5.2 if len(runtimes) <= 6 else 6.5
+    fig, axes = plt.subplots(len(threads), len(MODES),
+                             figsize=(per_panel * len(MODES), 4.0 * len(threads) + 0.4),
                              squeeze=False)
     width = 0.8 / len(runtimes)
     for i, t in enumerate(threads):
@@ -339,7 +434,7 @@ def plot(speed, path: str, title: str = "") -> None:
             ax.set_ylabel("tokens/s relative to fastlstm", fontsize=8)
             ax.grid(axis="y", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(runtimes), fontsize=9)
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(runtimes), 5), fontsize=9)
     if title:
         fig.text(0.5, 0.005, title, ha="center", fontsize=8)
     fig.tight_layout(rect=(0, 0.02, 1, 0.94))
