@@ -374,8 +374,9 @@ def test_malformed_headers(tmp_path, header):
 # --------------------------------------------------------------------------- memory bounds
 
 # A model file of S bytes makes fastlstm hold at most ~40 S bytes: fp16 weights become float32
-# (2x), the decode loop's panel copies pad matrices to 16 rows (at most 16x, for a 1-row
-# matrix), layer 0's lookup table holds at most 2 floats per parameter.  Hostile headers are
+# (2x) and int8 ones float32 while they are checked (4x), the kernels' panels pad matrices to
+# 16 rows (at most 16x, for a 1-row matrix), layer 0's lookup table holds at most 2 floats
+# per parameter.  Hostile headers are
 # measured and refused before they are parsed, at a few times their size.
 MEMORY_FACTOR = 40
 
@@ -429,6 +430,11 @@ def _hostile_files(tmp_path):
     yield "valid RNN, hidden 1, E 100k, fp16", open(write(tmp_path, degenerate,
                                                           {"rnn_type": "RNN_TANH"},
                                                           "d.safetensors"), "rb").read()
+    from fastlstm.weights import read_safetensors, write_model_file
+    as_int8 = tmp_path / "d8.safetensors"
+    write_model_file(as_int8, read_safetensors(tmp_path / "d.safetensors")[0],
+                     {"rnn_type": "RNN_TANH"}, "int8")
+    yield "valid RNN, hidden 1, E 100k, int8", as_int8.read_bytes()
 
 
 def test_memory_stays_proportional_to_the_file(tmp_path):
