@@ -8,11 +8,11 @@
 #           python setup.py build_ext --inplace), PYTHONMALLOC=malloc so every Python and NumPy
 #           buffer is a malloc block memcheck watches; --track-origins, definite leaks.  Runs a
 #           subset of the kernel tests (VALGRIND_K below) and tests/memcheck/exercise_kernels.py.
-#           ~15 min on 2 cores (torch alone takes a minute to import under valgrind).
+#           ~21 min on 2 cores (torch alone takes a minute to import under valgrind).
 # asan      AddressSanitizer + UndefinedBehaviorSanitizer: copies the checkout to a temporary
 #           directory, builds the extensions there with -fsanitize=address,undefined (setup.py
 #           untouched: CFLAGS/LDFLAGS), and runs ALL the kernel test files, the concurrency test
-#           and exercise_kernels.py with libasan preloaded into Python.  ~3 min + ~2 min build.
+#           and exercise_kernels.py with libasan preloaded into Python.  ~2 min + ~2 min build.
 # --canary  also run tests/memcheck/canary.py (a deliberate out-of-bounds read in _rnn) under
 #           each checker and require that it IS reported: proof the checker sees our kernels.
 #
