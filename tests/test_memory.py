@@ -6,8 +6,8 @@ where the warm-up calls left it.
 
 Each measurement runs in a fresh Python process, so the heap that earlier tests left behind
 (fragmentation, freed arenas given back or not) cannot move the numbers.  A second process
-runs the same calls plus a deliberate leak of LEAK_BYTES per call, and must be caught: proof
-that the measurement can fail.
+runs the same calls plus a deliberate leak of LEAK_BYTES (and one Python object) per call,
+and must be caught: proof that the measurement can fail.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ BOUND_MB = 3.5
 # rounding, no pymalloc arenas), unchanged to the byte in a clean run; 1 MB is 100 bytes per
 # call.  The deliberate leak shows there as its exact size.
 MALLOC_BOUND_MB = 1.0
+# Python objects live in pymalloc's arenas, which neither measure above sees finely; its
+# count of blocks in use does.  A clean run adds ~300 (NumPy's cumsum keeps about one small
+# object per 1,000 calls); keeping one object every 5 calls (a Decoder's array, say) adds
+# 2,000.  The deliberate leak keeps one object per call besides its bytes.
+BLOCKS_BOUND = 2_000
 TIMEOUT_S = 300
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -133,26 +138,29 @@ def _worker(calls: int, warmup: int, leak_bytes: int) -> dict:
         lambda: raises(ValueError, lambda: m1.stream("a", stop=["\x00"])),
     ]
 
+    kept = []
+
     def one_round(i):
         generating[i % len(generating)]()
         if i % 5 == 0:
             other[(i // 5) % len(other)]()
         if leak_bytes:
             ctypes.memset(libc.malloc(leak_bytes), 1, leak_bytes)  # never freed
+            kept.append(object())
 
     for i in range(warmup):
         one_round(i)
     gc.collect()
-    before, in_use_before = rss(), malloc_in_use()
+    before, in_use_before, blocks_before = rss(), malloc_in_use(), sys.getallocatedblocks()
     samples = []
     for i in range(calls):
         one_round(i)
         if (i + 1) % (calls // 5) == 0:
             samples.append(rss())
     gc.collect()
-    after, in_use_after = rss(), malloc_in_use()
+    after, in_use_after, blocks_after = rss(), malloc_in_use(), sys.getallocatedblocks()
     return {"fastlstm": fastlstm.__file__, "before": before, "after": after,
-            "samples": samples,
+            "samples": samples, "blocks_growth": blocks_after - blocks_before,
             "malloc_growth": None if in_use_before is None else in_use_after - in_use_before}
 
 
@@ -218,7 +226,8 @@ def _describe(result) -> str:
             f"{_growth_mb(result):+.2f} MB after {GENERATE_CALLS} generating calls "
             f"(every {GENERATE_CALLS // 5}: {steps}); bytes in use by malloc "
             + ("unknown" if result["malloc_growth"] is None
-               else f"{result['malloc_growth'] / 2**20:+.3f} MB"))
+               else f"{result['malloc_growth'] / 2**20:+.3f} MB")
+            + f"; Python object blocks {result['blocks_growth']:+d}")
 
 
 def test_ten_thousand_generate_calls_do_not_grow_rss(runs, record_property):
@@ -228,11 +237,12 @@ def test_ten_thousand_generate_calls_do_not_grow_rss(runs, record_property):
     assert _growth_mb(result) < BOUND_MB, _describe(result)
     if result["malloc_growth"] is not None:
         assert result["malloc_growth"] / 2**20 < MALLOC_BOUND_MB, _describe(result)
+    assert result["blocks_growth"] < BLOCKS_BOUND, _describe(result)
 
 
 def test_the_measurement_sees_a_leak(runs):
-    """The same calls leaking LEAK_BYTES each: the growth must exceed the bound, or the test
-    above could not fail for a leak of that size."""
+    """The same calls leaking LEAK_BYTES and one object each: every measure must exceed its
+    bound, or the test above could not fail for a leak of that size."""
     result = runs[LEAK_BYTES]
     print("\nwith a leak: " + _describe(result))
     expected = GENERATE_CALLS * LEAK_BYTES / 2**20
@@ -240,6 +250,7 @@ def test_the_measurement_sees_a_leak(runs):
     assert _growth_mb(result) > 0.8 * expected, _describe(result)
     if result["malloc_growth"] is not None:
         assert result["malloc_growth"] / 2**20 > max(MALLOC_BOUND_MB, 0.9 * expected)
+    assert result["blocks_growth"] > max(BLOCKS_BOUND, 0.9 * GENERATE_CALLS), _describe(result)
 
 
 if __name__ == "__main__":
