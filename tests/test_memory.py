@@ -30,7 +30,7 @@ WARMUP_CALLS = 300
 LEAK_BYTES = 1024
 BOUND_MB = 3.5
 # glibc also says how many bytes malloc has handed out: a sharper second measure (no page
-# rounding, no pymalloc arenas), unchanged to the byte in a clean run; 1 MB is 100 bytes per
+# rounding, no pymalloc arenas), +0.000 MB in clean runs; 1 MB is 100 bytes per
 # call.  The deliberate leak shows there as its exact size.
 MALLOC_BOUND_MB = 1.0
 # Python objects live in pymalloc's arenas, which neither measure above sees finely; its
