@@ -1,0 +1,257 @@
+"""No memory grows with use: 10,000 generating calls on the bundled model (generate with str
+and list prompts, generate_ids, stream run to the end or broken off, seeded and greedy, stop
+strings, 1 and 2 threads), mixed with forward calls and calls that fail (ValueError before
+any kernel runs, FloatingPointError from inside the decode loop), leave the resident set
+where the warm-up calls left it.
+
+Each measurement runs in a fresh Python process, so the heap that earlier tests left behind
+(fragmentation, freed arenas given back or not) cannot move the numbers.  A second process
+runs the same calls plus a deliberate leak of LEAK_BYTES (and one Python object) per call,
+and must be caught: proof that the measurement can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+GENERATE_CALLS = 10_000
+WARMUP_CALLS = 300
+# Per-call buffers of the decode loop on the bundled model (2 x 384 LSTM, vocab 84) are
+# ~17 kB per row.  Leaking 1 kB per call (a forgotten free of a small buffer, or a kept
+# reference to a few small NumPy arrays) grows RSS by ~10 MB over 10,000 calls; the bound
+# sits at a third of that, far above what a clean run shows (~0.15 MB: a slow drift outside
+# malloc, pymalloc arenas and page rounding).  Smaller C leaks (the 160-byte Layer array
+# handed to the kernels) are for tests/memcheck, where valgrind reports any definite leak.
+LEAK_BYTES = 1024
+BOUND_MB = 3.5
+# glibc also says how many bytes malloc has handed out: a sharper second measure (no page
+# rounding, no pymalloc arenas), +0.000 MB in clean runs; 1 MB is 100 bytes per
+# call.  The deliberate leak shows there as its exact size.
+MALLOC_BOUND_MB = 1.0
+# Python objects live in pymalloc's arenas, which neither measure above sees finely; its
+# count of blocks in use does.  A clean run adds ~300 (NumPy's cumsum keeps about one small
+# object per 1,000 calls); keeping one object every 5 calls (a Decoder's array, say) adds
+# 2,000.  The deliberate leak keeps one object per call besides its bytes.
+BLOCKS_BOUND = 2_000
+TIMEOUT_S = 300
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="reads /proc/self/statm and glibc's malloc statistics")
+
+
+# --------------------------------------------------------------------------- the worker
+# Runs in the child process: `python test_memory.py CALLS WARMUP LEAK_BYTES`; prints JSON.
+
+def _worker(calls: int, warmup: int, leak_bytes: int) -> dict:
+    import ctypes
+    import gc
+    import tempfile
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    import fastlstm
+    from fastlstm.tokenizers import CharTokenizer
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+
+    def rss() -> int:
+        # The allocator keeps freed pages resident for reuse, and a leak would first fill
+        # them without growing RSS (by ~6 MB here, more after other work): give them back
+        # first, so RSS counts memory in use.  Leaked blocks are in use: never trimmed.
+        libc.malloc_trim(0)
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+
+    def malloc_in_use() -> int | None:
+        """Bytes malloc has handed out and not had back (glibc's mallinfo2: all arenas)."""
+        if not hasattr(libc, "mallinfo2"):  # glibc < 2.33
+            return None
+        libc.mallinfo2.restype = MallInfo2
+        info = libc.mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    m1 = fastlstm.load(num_threads=1)
+    m2 = fastlstm.load(num_threads=2)
+    tmp = tempfile.mkdtemp()
+    exploding = fastlstm.load(_write_exploding_relu(tmp, save_file, CharTokenizer, np),
+                              num_threads=2)
+    ids = [m1.tokenizer.encode(p) for p in ("ROMEO:", "to be", "x")]
+    state = {"s": None}
+
+    def stream_broken_off():
+        for _ in m1.stream("KING", max_new_tokens=200, temperature=0.8):
+            break  # abandoned after the first chunk
+
+    def raises(error, call):
+        try:
+            call()
+        except error:
+            return
+        raise AssertionError(f"expected {error.__name__}")
+
+    # One cycle of generating calls: mostly 1-token prompts and 1-2 new tokens (a token of
+    # the bundled model costs ~0.5 ms: reading its weights), the costlier kinds once a cycle.
+    cheap = [
+        lambda: m1.generate("R", max_new_tokens=1, temperature=0.8, seed=1),
+        lambda: m1.generate(["a", "b"], max_new_tokens=2, top_k=5, top_p=0.9, seed=(1, 2)),
+        lambda: m1.generate_ids([[5]], max_new_tokens=2, temperature=0),
+        lambda: m1.generate_ids([[7], [8]], max_new_tokens=2, repetition_penalty=1.2,
+                                min_p=0.05, stop=["e", "\n\n"], eos_token_id=[0]),
+        lambda: "".join(m1.stream("J", max_new_tokens=2, temperature=0.9, seed=3)),
+    ]
+    generating = cheap * 4 + [
+        lambda: m2.generate(["to be", "or", "First Citizen:\n"], max_new_tokens=3, top_k=5,
+                            top_p=0.9, seed=(1, 2, 3), num_return_sequences=2),
+        lambda: m2.generate_ids(ids, max_new_tokens=3, temperature=0),
+        stream_broken_off,
+        # The NaN path: the decode loop stops and raises; its scratch must still be freed.
+        lambda: raises(FloatingPointError, lambda: exploding.generate_ids(
+            [[1], [2] * 150, [3, 4]], max_new_tokens=200, temperature=0)),
+        lambda: raises(FloatingPointError, lambda: "".join(exploding.stream(
+            "abc", max_new_tokens=200, temperature=0.7))),
+    ]
+
+    def forward_continue():
+        _, s = m1.forward([ids[1]], state["s"])
+        state["s"] = s
+
+    other = [
+        lambda: m2.forward([ids[0], ids[0][::-1]]),
+        forward_continue,
+        # Rejected before any kernel runs (each after some allocation in Python).
+        lambda: raises(ValueError, lambda: m1.generate_ids([[m1.config.vocab_size]])),
+        lambda: raises(ValueError, lambda: m1.generate("x", temperature=-1.0)),
+        lambda: raises(ValueError, lambda: m2.generate(["a", "b"], eos_token_id=[10_000])),
+        lambda: raises(ValueError, lambda: m1.stream("a", stop=["\x00"])),
+    ]
+
+    kept = []
+
+    def one_round(i):
+        generating[i % len(generating)]()
+        if i % 5 == 0:
+            other[(i // 5) % len(other)]()
+        if leak_bytes:
+            ctypes.memset(libc.malloc(leak_bytes), 1, leak_bytes)  # never freed
+            kept.append(object())
+
+    for i in range(warmup):
+        one_round(i)
+    gc.collect()
+    before, in_use_before, blocks_before = rss(), malloc_in_use(), sys.getallocatedblocks()
+    samples = []
+    for i in range(calls):
+        one_round(i)
+        if (i + 1) % (calls // 5) == 0:
+            samples.append(rss())
+    gc.collect()
+    after, in_use_after, blocks_after = rss(), malloc_in_use(), sys.getallocatedblocks()
+    return {"fastlstm": fastlstm.__file__, "before": before, "after": after,
+            "samples": samples, "blocks_growth": blocks_after - blocks_before,
+            "malloc_growth": None if in_use_before is None else in_use_after - in_use_before}
+
+
+def _write_exploding_relu(directory, save_file, CharTokenizer, np) -> str:
+    """A ReLU RNN whose state grows 1.9x per step, so its logits overflow after ~140 steps
+    (see test_numerics.py); a prompt of 150 tokens overflows already in prefill."""
+    rng = np.random.default_rng(7)
+    vocab = list("abcdefghijklmnopqrstuvwxyz")
+    V, E, H = len(vocab), 4, 8
+    tensors = {"encoder.weight": rng.uniform(0, 1, (V, E)),
+               "rnn.weight_ih_l0": rng.uniform(0, 0.5, (H, E)),
+               "rnn.weight_hh_l0": 1.9 * np.eye(H),
+               "rnn.bias_ih_l0": np.full(H, 0.1), "rnn.bias_hh_l0": np.zeros(H),
+               "decoder.weight": rng.standard_normal((V, H)), "decoder.bias": np.zeros(V)}
+    path = os.path.join(directory, "exploding-relu.safetensors")
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, path,
+              metadata={"format": "fastlstm", "format_version": "1", "rnn_type": "RNN_RELU",
+                        "tokenizer": CharTokenizer(vocab).to_json()})
+    return path
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+def _start(leak_bytes: int) -> subprocess.Popen:
+    """The worker in a fresh interpreter that imports what this process imports."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p or os.curdir) for p in sys.path)
+    env.setdefault("OMP_WAIT_POLICY", "passive")  # two workers share the machine's cores
+    return subprocess.Popen(
+        [sys.executable, __file__, str(GENERATE_CALLS), str(WARMUP_CALLS), str(leak_bytes)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """Both workers at once (clean, leaking): {leak_bytes: result}."""
+    import fastlstm
+
+    procs = {0: _start(0), LEAK_BYTES: _start(LEAK_BYTES)}
+    results = {}
+    for leak, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            for p in procs.values():
+                p.kill()
+            raise
+        assert proc.returncode == 0, f"worker (leak {leak}) failed:\n{err}"
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result["fastlstm"] == fastlstm.__file__, "the worker imported another fastlstm"
+        results[leak] = result
+    return results
+
+
+def _growth_mb(result) -> float:
+    return (result["after"] - result["before"]) / 2**20
+
+
+def _describe(result) -> str:
+    steps = " ".join(f"{(s - result['before']) / 2**20:+.2f}" for s in result["samples"])
+    return (f"RSS {result['before'] / 2**20:.1f} MB after the warm-up, growth "
+            f"{_growth_mb(result):+.2f} MB after {GENERATE_CALLS} generating calls "
+            f"(every {GENERATE_CALLS // 5}: {steps}); bytes in use by malloc "
+            + ("unknown" if result["malloc_growth"] is None
+               else f"{result['malloc_growth'] / 2**20:+.3f} MB")
+            + f"; Python object blocks {result['blocks_growth']:+d}")
+
+
+def test_ten_thousand_generate_calls_do_not_grow_rss(runs, record_property):
+    result = runs[0]
+    record_property("rss_growth_mb", round(_growth_mb(result), 3))
+    print("\n" + _describe(result))
+    assert _growth_mb(result) < BOUND_MB, _describe(result)
+    if result["malloc_growth"] is not None:
+        assert result["malloc_growth"] / 2**20 < MALLOC_BOUND_MB, _describe(result)
+    assert result["blocks_growth"] < BLOCKS_BOUND, _describe(result)
+
+
+def test_the_measurement_sees_a_leak(runs):
+    """The same calls leaking LEAK_BYTES and one object each: every measure must exceed its
+    bound, or the test above could not fail for a leak of that size."""
+    result = runs[LEAK_BYTES]
+    print("\nwith a leak: " + _describe(result))
+    expected = GENERATE_CALLS * LEAK_BYTES / 2**20
+    assert _growth_mb(result) > BOUND_MB, _describe(result)
+    assert _growth_mb(result) > 0.8 * expected, _describe(result)
+    if result["malloc_growth"] is not None:
+        assert result["malloc_growth"] / 2**20 > max(MALLOC_BOUND_MB, 0.9 * expected)
+    assert result["blocks_growth"] > max(BLOCKS_BOUND, 0.9 * GENERATE_CALLS), _describe(result)
+
+
+if __name__ == "__main__":
+    print(json.dumps(_worker(*(int(a) for a in sys.argv[1:4]))))
