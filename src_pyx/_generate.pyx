@@ -210,6 +210,7 @@ cdef int decode_slots(Run *run, int begin, int *n_active, int steps, int *cancel
                                  scores, cand)
             if token < 0:
                 status = NAN_LOGITS
+                cancel[0] = 1  # the call fails: the other threads need not finish their rows
                 break
             run.out[row * run.max_new + run.length[row]] = token
             run.length[row] += 1
@@ -299,15 +300,15 @@ def decode(str rnn_type, list layers, *, emb, table, head, int vocab, head_b,
     finally:
         free(run.layers)
     for t in range(nthreads):
-        if status[t] != OK:
+        if status[t] != OK and failed != NAN_LOGITS:
             failed = status[t]
     if failed == NO_MEMORY:
         raise MemoryError("fastlstm: could not allocate the decode loop's scratch buffers")
-    if failed == INTERRUPTED or cancel:
-        raise_pending()
     if failed == NAN_LOGITS:
         raise FloatingPointError("the model produced NaN or infinite logits; no token was "
                                  "sampled from them")
+    if failed == INTERRUPTED or cancel:
+        raise_pending()
 
 
 def sample(logits, seen=None, *, double temperature=1.0, int top_k=0, double top_p=1.0,

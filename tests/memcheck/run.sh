@@ -41,7 +41,8 @@ mkdir -p "$OUT"
 echo "python: $PY ($("$PY" -c 'import platform; print(platform.python_version())'))"
 echo "logs:   $OUT"
 
-KERNEL_TESTS=(tests/test_matmul.py tests/test_generation.py tests/test_model_vs_torch.py
+KERNEL_TESTS=(tests/test_matmul.py tests/test_precision.py tests/test_numerics.py
+              tests/test_generation.py tests/test_model_vs_torch.py
               tests/test_layers_vs_torch.py tests/test_sampler.py)
 # Under valgrind (~100x slower): leave out argument validation that never reaches a kernel,
 # n = 2051 products (exercise_kernels.py has one), per-case checks other than logits/state and
