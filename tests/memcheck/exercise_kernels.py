@@ -24,6 +24,7 @@ Run: python tests/memcheck/exercise_kernels.py   (prints "exercise_kernels: OK")
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import tempfile
@@ -36,6 +37,8 @@ from safetensors.numpy import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's fastlstm
 import fastlstm  # noqa: E402
 from fastlstm import _generate, _matmul  # noqa: E402
+from fastlstm.pack import pack_matrix  # noqa: E402
+from fastlstm.precision import DTYPES, convert  # noqa: E402
 from fastlstm.tokenizers import CharTokenizer  # noqa: E402
 
 CHARS = list("\n abcdefghijklmnopqrstuvwxyz.,;:!?'-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
@@ -119,9 +122,9 @@ def check_forward(model, rng):
         states_equal(state2, state3)
 
 
-def check_generation(path, rng):
-    m1 = fastlstm.load(path, num_threads=1)
-    m2 = fastlstm.load(path, num_threads=2)
+def check_generation(path, rng, dtype="float32"):
+    m1 = fastlstm.load(path, dtype=dtype, num_threads=1)
+    m2 = fastlstm.load(path, dtype=dtype, num_threads=2)
     V = m1.config.vocab_size
     prompts = [list(rng.integers(0, V, n)) for n in (1, 2, 300, 17, 1)]
     settings = [
@@ -242,21 +245,27 @@ def check_sampler_and_matmul(rng):
     bad[3] = np.nan
     assert _generate.sample(bad) == -1
     assert _generate.coins(1, 2, 0, 1000).shape == (1000,)
-    for m, n, k in [(1, 1, 1), (3, 15, 7), (17, 16, 513), (70, 17, 64), (5, 2051, 3)]:
+    for (m, n, k), dtype in itertools.product(
+            [(1, 1, 1), (3, 15, 7), (17, 16, 513), (70, 17, 64), (5, 2051, 3)], DTYPES):
         x = rng.standard_normal((m, k)).astype(np.float32)
-        w = rng.standard_normal((n, k)).astype(np.float32)
+        stored = convert(rng.standard_normal((n, k)).astype(np.float32), dtype)
+        w = stored.to_float32()
         bias = rng.standard_normal(n).astype(np.float32)
-        packed = _matmul.pack(w)
-        y = _matmul.matmul(x, packed, n, bias=bias)
+        packed = pack_matrix(stored)
+        y = _matmul.matmul(x, packed, bias=bias)
         np.testing.assert_allclose(y, x.astype(np.float64) @ w.T.astype(np.float64) + bias,
                                    rtol=1e-3, atol=1e-3 * np.sqrt(k))
-        y2 = _matmul.matmul(x, packed, n, bias=bias, y=y.copy(), accumulate=True)
+        y2 = _matmul.matmul(x, packed, bias=bias, y=y.copy(), accumulate=True)
         np.testing.assert_allclose(y2, 2 * y, rtol=1e-5, atol=1e-5)
-        ys = _matmul.matmul(x, packed, n, bias=bias, force_scalar=True)
+        ys = _matmul.matmul(x, packed, bias=bias, force_scalar=True)
         assert np.array_equal(ys, y)  # the scalar path computes the same fma chains
         wide = np.zeros((m, n + 5), np.float32)  # rows further apart than their width
-        _matmul.matmul(x, packed, n, bias=bias, y=wide[:, 2:n + 2])
+        _matmul.matmul(x, packed, bias=bias, y=wide[:, 2:n + 2])
         assert np.array_equal(wide[:, 2:n + 2], y) and not wide[:, :2].any() and not wide[:, n + 2:].any()
+        ids = rng.integers(0, n, 7)
+        for force_scalar in (False, True):
+            rows = _matmul.gather_rows(stored, ids, force_scalar=force_scalar)
+            assert np.array_equal(rows, w[ids])
 
 
 def main() -> int:
@@ -264,11 +273,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as directory:
         for name, (rnn_type, vocab, kw, table) in MODELS.items():
             path = write_model(directory, name, rnn_type, vocab, **kw)
-            model = fastlstm.load(path, num_threads=2)
-            assert (model._table is not None) == table, f"{name}: table {model._table is not None}"
-            check_forward(model, rng)
-            check_generation(path, rng)
-            print(f"  {name}: forward, prefill, decode OK", flush=True)
+            for dtype in DTYPES:  # float32 runs BLAS in forward; the others matmul.h only
+                model = fastlstm.load(path, dtype=dtype, num_threads=2)
+                assert (model._table is not None) == table, f"{name}: table {model._table is not None}"
+                check_forward(model, rng)
+                check_generation(path, rng, dtype)
+            print(f"  {name}: forward, prefill, decode OK in {', '.join(DTYPES)}", flush=True)
         check_nan_path(directory)
         print("  NaN logits: FloatingPointError OK", flush=True)
     check_layers(rng)
