@@ -35,9 +35,16 @@ PREFILL_TOKENS = 200 if QUICK else 1000
 THREADS = (1, 2)
 
 
+_COMMIT_AT_START = None
+
+
 def pytest_configure(config):
     # torch.backends.mkldnn.flags() warns about Intel GPUs on every use.
     config.addinivalue_line("filterwarnings", "ignore:TF32 acceleration:UserWarning")
+    # The commit the run measures is the one checked out when fastlstm was imported (now),
+    # not whatever HEAD is when the JSON is written, which may have moved meanwhile.
+    global _COMMIT_AT_START
+    _COMMIT_AT_START = _git_commit()
 
 
 @pytest.fixture(scope="session", params=CONFIGS, ids=[c.name for c in CONFIGS])
@@ -171,7 +178,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "onnxruntime": _version("onnxruntime"),
         "onnx": _version("onnx"),
         "fastlstm": _version("fastlstm"),
-        "fastlstm_commit": _git_commit(),
+        "fastlstm_commit": _COMMIT_AT_START or _git_commit(),
+        "fastlstm_commit_at_end": _git_commit(),
         "blas": _blas(),
         "quick": QUICK,
         "prefill_tokens": PREFILL_TOKENS,

@@ -118,7 +118,10 @@ def machine_lines(machine: dict, date: str, stat: str) -> list[str]:
         f"- Python {bench.get('python', machine.get('python_version', '?'))}, "
         f"numpy {bench.get('numpy', '?')}, torch {bench.get('torch', '?')}, "
         f"onnxruntime {bench.get('onnxruntime', '?')}, onnx {bench.get('onnx', '?')}, "
-        f"fastlstm {bench.get('fastlstm', '?')} ({bench.get('fastlstm_commit', '?')})",
+        f"fastlstm {bench.get('fastlstm', '?')} ({bench.get('fastlstm_commit', '?')}"
+        + (f" when the run started; the checkout was at {bench['fastlstm_commit_at_end']} "
+           "when it ended" if bench.get("fastlstm_commit_at_end", bench.get("fastlstm_commit"))
+           != bench.get("fastlstm_commit") else "") + ")",
     ]
     if bench.get("blas"):
         lines.append(f"- BLAS: {'; '.join(bench['blas'])}")
