@@ -212,7 +212,7 @@ def run_batch_ray(input: str | os.PathLike, output: str | os.PathLike, model=Non
                 chunks = [w for _, w in zip(range(ROWS_PER_ROUND), windows)]
                 if not chunks:
                     break
-                _run_round(ray, job, chunks, batch_size, predictor)
+                _run_round(ray, job, chunks, batch_size, workers, predictor)
         finally:
             summary = job.close()
     finally:
@@ -221,7 +221,8 @@ def run_batch_ray(input: str | os.PathLike, output: str | os.PathLike, model=Non
     return summary
 
 
-def _run_round(ray, job: Job, chunks: list[list[Task]], batch_size: int, predictor: dict):
+def _run_round(ray, job: Job, chunks: list[list[Task]], batch_size: int, workers: int,
+               predictor: dict) -> None:
     """Generate `chunks` (windows of tasks) as one Ray Dataset; write each as it completes."""
     import pyarrow as pa
 
@@ -232,7 +233,9 @@ def _run_round(ray, job: Job, chunks: list[list[Task]], batch_size: int, predict
         "params": pa.array([t.params_key for t in tasks], pa.string()),
         "seed": pa.array([t.seed for t in tasks], pa.uint64()),
     })
-    blocks = [table.slice(i, batch_size) for i in range(0, len(tasks), batch_size)]
+    # Blocks of a batch each, but at least one per worker: a small round still uses them all.
+    block = max(1, min(batch_size, -(-len(tasks) // workers)))
+    blocks = [table.slice(i, block) for i in range(0, len(tasks), block)]
     ds = ray.data.from_arrow(blocks).map_batches(**predictor)
 
     by_line = {t.line: (k, t) for k, chunk in enumerate(chunks) for t in chunk}
