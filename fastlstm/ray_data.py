@@ -25,7 +25,7 @@ import secrets
 import numpy as np
 
 from fastlstm.batch import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, BatchSummary, Job, Task,
-                            check_params, check_seed, generate_tasks, id_key, row_seed)
+                            ROW_PARAMS, check_params, check_seed, generate_tasks, row_seed)
 
 __all__ = ["FastlstmPredictor", "run_batch_ray"]
 
@@ -53,11 +53,13 @@ class FastlstmPredictor:
         **params: generation parameters, as `Model.generate` (max_new_tokens, temperature,
             top_k, top_p, min_p, repetition_penalty, stop, eos_token_id, seed).
 
-    Input columns: "prompt" (str, required); optional "id" (str or int), "seed" (one seed per
-    row) and "params" (a JSON object per row, overriding **params for that row).  A row's seed
-    is its "seed" column, else the "seed" of its params, else `row_seed(seed, id)` when there
-    is an "id" column (as `fastlstm batch` does), else `seed` itself; so a row's text never
-    depends on how rows are batched or spread over actors.
+    Input columns: "prompt" (str, required); optional "id" (str or int); optional per-row
+    parameters, as columns named like them ("max_new_tokens", "temperature", ..., "seed": what
+    `ray.data.read_json` makes of fastlstm batch's JSONL input; a null is "not set") and/or a
+    "params" column holding a JSON object per row; they override **params for that row.  A
+    row's seed is its own "seed", else `row_seed(seed, id)` when there is an "id" column (as
+    `fastlstm batch` does), else `seed` itself; so a row's text never depends on how rows are
+    batched or spread over actors.
 
     Output: the input columns plus "text", "prompt_tokens", "new_tokens", "finish_reason"
     ("stop" or "length"), "seed" (the one used) and "error" (None, or why a row could not be
@@ -113,17 +115,18 @@ class FastlstmPredictor:
         if not isinstance(prompt, str) or not prompt:
             raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
         row_params = {}
-        if "params" in batch and batch["params"][i] is not None:
+        if "params" in batch and _cell(batch["params"][i]) is not None:
             row_params = batch["params"][i]
             row_params = (json.loads(row_params) if isinstance(row_params, (str, bytes))
                           else dict(row_params))
+        for name in ROW_PARAMS:  # columns named like parameters, as in fastlstm batch's JSONL
+            if name in batch and (value := _cell(batch[name][i], name)) is not None:
+                row_params[name] = value
         params = {**self.defaults, **row_params}
         params.pop("seed", None)
-        row_id = _python(batch["id"][i]) if "id" in batch else None
+        row_id = _cell(batch["id"][i]) if "id" in batch else None
         job_seed = self.defaults.get("seed")
-        if "seed" in batch and batch["seed"][i] is not None:
-            seed = _python(batch["seed"][i])
-        elif row_params.get("seed") is not None:
+        if row_params.get("seed") is not None:
             seed = row_params["seed"]
         elif job_seed is not None:
             seed = row_seed(check_seed(job_seed), row_id) if row_id is not None else job_seed
@@ -146,9 +149,26 @@ class FastlstmPredictor:
         return Task(0, row_id, prompt, ids, checked[0], checked[1], seed)
 
 
-def _python(value):
-    """A NumPy scalar from a batch column as the Python int or str it holds."""
-    return value.item() if isinstance(value, np.generic) else value
+_INT_PARAMS = ("max_new_tokens", "top_k", "seed")
+
+
+def _cell(value, name: str = ""):
+    """A value from a batch column as the plain Python value a JSONL row would hold: None
+    for a missing one (Arrow's nulls arrive as None or, in number columns, NaN), NumPy scalars
+    and arrays as ints, floats, strs and lists; whole floats as ints for integer parameters
+    (an int column with nulls arrives as floats)."""
+    if isinstance(value, np.ndarray):
+        return [_cell(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        if value != value:
+            return None
+        if name in _INT_PARAMS and value.is_integer():
+            return int(value)
+    if name == "eos_token_id" and isinstance(value, list):
+        return [int(v) if isinstance(v, float) and v.is_integer() else v for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------------------------------

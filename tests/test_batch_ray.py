@@ -63,17 +63,30 @@ def test_predictor_called_directly(model):
     assert out["text"][2] is None and "'Ω'" in out["error"][2]
 
 
-def test_predictor_in_map_batches(local_ray, model):
-    rows = [{"id": i, "prompt": f"{NAMES[i % 8]}.", "params": json.dumps({"max_new_tokens": 3 + i % 4})}
-            for i in range(40)]
-    ds = ray.data.from_items(rows).map_batches(
+def test_predictor_in_map_batches_over_read_json(local_ray, tmp_path, model):
+    """fastlstm batch's JSONL input read by Ray: per-row parameters arrive as columns with
+    nulls where a row does not set them, and must mean what they mean to fastlstm batch."""
+    rows = []
+    for i in range(40):
+        row = {"id": i, "prompt": f"{NAMES[i % 8]}."}
+        if i % 3 == 1:
+            row["max_new_tokens"] = 3 + i % 4
+        if i % 5 == 2:
+            row.update(seed=1000 + i, stop=["e", "\n"])
+        rows.append(row)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # materialize(): the read tasks need a CPU, and the two actors hold both of the test's.
+    ds = ray.data.read_json(str(src)).materialize().map_batches(
         FastlstmPredictor, fn_constructor_kwargs={"seed": 8, **PARAMS}, batch_size=6,
         compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1)
     out = sorted(ds.take_all(), key=lambda r: r["id"])
     assert [r["id"] for r in out] == list(range(40))
-    for r in out:
-        params = {**PARAMS, "max_new_tokens": 3 + r["id"] % 4}
-        assert r["text"] == model.generate(r["prompt"], seed=row_seed(8, r["id"]), **params)
+    for row, r in zip(rows, out):
+        params = {**PARAMS, **{k: v for k, v in row.items() if k not in ("id", "prompt")}}
+        seed = params.pop("seed", row_seed(8, row["id"]))
+        assert r["error"] is None, r["error"]
+        assert r["text"] == model.generate(row["prompt"], seed=seed, **params), row
 
 
 def test_ray_job_writes_the_single_machine_file(local_ray, tmp_path, model):
