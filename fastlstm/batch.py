@@ -119,8 +119,8 @@ def read_rows(path: str | os.PathLike, input_format: str = "auto") -> Iterator[R
             JSON or a wrong type is a BadRow (a misspelt parameter must not pass unnoticed).
         "text": one prompt a line (the line without its line ending), id = line number.
             Blank lines are skipped; a prompt that holds a line break needs JSONL.
-        "auto": "jsonl" for names ending .jsonl, .ndjson or .json, "text" for .txt, and
-            otherwise "jsonl" if the first non-blank line is a JSON object.
+        "auto": "jsonl" for names ending .jsonl, .ndjson or .json, "text" for .txt and for
+            stdin, and otherwise "jsonl" if the first non-blank line is a JSON object.
 
     Line numbers are 1-based, so errors can be found with an editor.  Parameter values are
     checked later, when merged with the job's (see run_batch).
