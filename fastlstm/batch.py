@@ -231,29 +231,28 @@ def generate_tasks(model, tasks: list[Task]) -> list[dict | str]:
     """Generate every task; return per task its result record, or an error message.
 
     Tasks with equal parameters share one batched `Model.generate_ids` call (one seed per
-    prompt).  If a call raises ValueError (say, a row's stop string cannot be generated), its
-    tasks run one by one, so only the rows at fault fail.
+    prompt).  If a call raises ValueError, its halves run apart, so only the rows at fault fail.
     """
     groups: dict[str, list[int]] = {}
     for i, task in enumerate(tasks):
         groups.setdefault(task.params_key, []).append(i)
     results: list[dict | str] = [""] * len(tasks)
     for members in groups.values():
-        group = [tasks[i] for i in members]
-        try:
-            records = _generate_group(model, group)
-        except ValueError as e:
-            records = [str(e)] if len(group) == 1 else [_generate_one(model, t) for t in group]
-        for i, record in zip(members, records):
+        for i, record in zip(members, _generate_or_split(model, [tasks[i] for i in members])):
             results[i] = record
     return results
 
 
-def _generate_one(model, task: Task) -> dict | str:
+def _generate_or_split(model, group: list[Task]) -> list[dict | str]:
+    """Generate a group; if it raises ValueError, each half on its own, down to the rows at
+    fault (the job checks parameters up front, so this is a safety net, seldom taken)."""
     try:
-        return _generate_group(model, [task])[0]
+        return _generate_group(model, group)
     except ValueError as e:
-        return str(e)
+        if len(group) == 1:
+            return [str(e)]
+    half = len(group) // 2
+    return _generate_or_split(model, group[:half]) + _generate_or_split(model, group[half:])
 
 
 def _generate_group(model, tasks: list[Task]) -> list[dict]:
@@ -283,9 +282,12 @@ def _as_list(value) -> list:
     return [value] if isinstance(value, (str, int)) else list(value)
 
 
-def check_params(params: dict) -> tuple[dict, str]:
+def check_params(params: dict, model=None) -> tuple[dict, str]:
     """Check generation parameters (seed excluded) as Model.generate would; return them with
-    canonical values and their canonical JSON, the key that groups rows into calls."""
+    canonical values and their canonical JSON, the key that groups rows into calls.
+
+    With a `model`, also generate one token with them, which checks what only the model can
+    (stop strings it cannot generate, eos ids outside its vocabulary)."""
     checked = GenerationParams(**params)  # raises ValueError, with the parameter's name
     if checked.num_return_sequences != 1:
         raise ValueError("num_return_sequences must be 1 in a batch job: give each sample its "
@@ -294,6 +296,8 @@ def check_params(params: dict) -> tuple[dict, str]:
     for k in ("stop", "eos_token_id"):
         if k in normal:
             normal[k] = list(normal[k])
+    if model is not None:
+        model.generate_ids([[0]], **{**normal, "max_new_tokens": 1}, seed=0)
     return normal, json.dumps(normal, sort_keys=True)
 
 
@@ -447,10 +451,10 @@ class Job:
     windows of tasks, writes each window's results in input order, and keeps the summary.
     """
 
-    def __init__(self, input, output, tokenizer, params: dict, *, input_format: str = "auto",
+    def __init__(self, input, output, model, params: dict, *, input_format: str = "auto",
                  chunk_size: int = DEFAULT_CHUNK_SIZE, errors: str | os.PathLike | None = None,
                  progress: bool = True, report_bad_rows: bool = True):
-        if tokenizer is None:
+        if model.tokenizer is None:
             raise ValueError("batch jobs need a model with a tokenizer (prompts are text)")
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
@@ -459,10 +463,11 @@ class Job:
         unknown = [k for k in params if k not in ROW_PARAMS]
         if unknown:
             raise ValueError(f"unknown generation parameter {unknown[0]!r}")
-        check_params(params)  # the job's own parameters: a bad one stops the job before it starts
+        check_params(params, model)  # the job's parameters: a bad one stops it before it starts
         if os.fspath(input) != "-" and not os.path.isfile(input):
             raise FileNotFoundError(f"no input file {os.fspath(input)!r}")
-        self.input, self.tokenizer, self.defaults = input, tokenizer, params
+        self.input, self.model, self.tokenizer = input, model, model.tokenizer
+        self.defaults = params
         self.input_format = _input_format(input, input_format)
         self.chunk_size = chunk_size
         self.summary = BatchSummary(job_seed=check_seed(seed) if seed is not None
@@ -524,7 +529,7 @@ class Job:
         checked = self._checked.get(raw)
         if checked is None:
             try:
-                checked = check_params(params)
+                checked = check_params(params, self.model)
             except ValueError as e:
                 checked = str(e)
             self._checked[raw] = checked
@@ -686,7 +691,7 @@ def run_batch(input: str | os.PathLike, output: str | os.PathLike, model=None, *
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     model = _load(model, num_threads)
-    job = Job(input, output, model.tokenizer, params, input_format=input_format,
+    job = Job(input, output, model, params, input_format=input_format,
               chunk_size=chunk_size, errors=errors, progress=progress,
               report_bad_rows=report_bad_rows)
     try:

@@ -209,7 +209,7 @@ def run_batch_ray(input: str | os.PathLike, output: str | os.PathLike, model=Non
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     if isinstance(model, Model):
         model = model.path
-    driver_model = load(model, num_threads=1)  # the tokenizer checks rows in the driver
+    driver_model = load(model, num_threads=1)  # checks rows (tokenizer, parameters) here
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, logging_level="ERROR")
@@ -220,7 +220,7 @@ def run_batch_ray(input: str | os.PathLike, output: str | os.PathLike, model=Non
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # chunks complete in input order
         context.enable_progress_bars = False  # ours counts rows and tokens
-        job = Job(input, output, driver_model.tokenizer, params, input_format=input_format,
+        job = Job(input, output, driver_model, params, input_format=input_format,
                   chunk_size=chunk_size, errors=errors, progress=progress,
                   report_bad_rows=report_bad_rows)
         predictor = dict(fn=FastlstmPredictor, batch_size=batch_size, batch_format="numpy",

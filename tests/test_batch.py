@@ -195,10 +195,25 @@ def test_bad_rows_are_reported_and_the_job_goes_on(tmp_path, model):
     assert {e["line"]: e.get("id") for e in errors}[6] == 5
 
 
+def test_a_failing_row_does_not_take_its_batch_with_it(model):
+    """generate_tasks' safety net: a call that raises is split until only the culprit fails."""
+    params, key = batch_mod.check_params(PARAMS)
+    tasks = [batch_mod.Task(i, i, p, model.tokenizer.encode(p), params, key, seed=i)
+             for i, p in enumerate(prompts(9))]
+    tasks[6].ids = [10**6]  # not a token id: generate_ids refuses the whole call
+    results = batch_mod.generate_tasks(model, tasks)
+    assert isinstance(results[6], str) and "out of range" in results[6]
+    for i, result in enumerate(results):
+        if i != 6:
+            assert result["text"] == model.generate(tasks[i].prompt, seed=i, **PARAMS)
+
+
 def test_job_level_errors_stop_before_anything_is_written(tmp_path, model):
     src = job_input(tmp_path, 3)
     with pytest.raises(ValueError, match="temperature"):
         run_batch(src, tmp_path / "out.jsonl", model, temperature=-1)
+    with pytest.raises(ValueError, match="stop string 'Ω' can never be generated"):
+        run_batch(src, tmp_path / "out.jsonl", model, stop=["Ω"])
     with pytest.raises(ValueError, match="unknown generation parameter 'temprature'"):
         run_batch(src, tmp_path / "out.jsonl", model, temprature=1)
     with pytest.raises(FileNotFoundError):
