@@ -30,7 +30,7 @@ from fastlstm.batch import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, BatchSummary
 __all__ = ["FastlstmPredictor", "run_batch_ray"]
 
 _OUTPUT_COLUMNS = ("text", "prompt_tokens", "new_tokens", "finish_reason", "seed", "error")
-ROWS_PER_ROUND = 64  # chunks per Ray dataset: bounds what the driver holds in memory
+CHUNKS_PER_ROUND = 64  # chunks per Ray dataset: bounds what the driver holds in memory
 
 
 def _import_ray():
@@ -209,6 +209,8 @@ def run_batch_ray(input: str | os.PathLike, output: str | os.PathLike, model=Non
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     if isinstance(model, Model):
         model = model.path
+    if os.fspath(input) != "-" and not os.path.isfile(input):
+        raise FileNotFoundError(f"no input file {os.fspath(input)!r}")  # before starting Ray
     driver_model = load(model, num_threads=1)  # checks rows (tokenizer, parameters) here
     started = not ray.is_initialized()
     if started:
@@ -216,28 +218,43 @@ def run_batch_ray(input: str | os.PathLike, output: str | os.PathLike, model=Non
     try:
         if workers is None:
             workers = max(1, int(ray.cluster_resources().get("CPU", 1) // num_threads))
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # no per-dataset info lines
+        # Ray Data settings for this job, restored after it: the caller's Ray is theirs.
+        logger = logging.getLogger("ray.data")
         context = ray.data.DataContext.get_current()
+        saved = (logger.level, context.execution_options.preserve_order,
+                 context.enable_progress_bars)
+        logger.setLevel(logging.ERROR)  # no per-dataset info lines
         context.execution_options.preserve_order = True  # chunks complete in input order
         context.enable_progress_bars = False  # ours counts rows and tokens
-        job = Job(input, output, driver_model, params, input_format=input_format,
-                  chunk_size=chunk_size, errors=errors, progress=progress,
-                  report_bad_rows=report_bad_rows)
-        predictor = dict(fn=FastlstmPredictor, batch_size=batch_size, batch_format="numpy",
-                         fn_constructor_kwargs={"model": model, "num_threads": num_threads},
-                         num_cpus=num_threads, compute=ray.data.ActorPoolStrategy(size=workers))
         try:
-            windows = job.windows()
-            while True:
-                chunks = [w for _, w in zip(range(ROWS_PER_ROUND), windows)]
-                if not chunks:
-                    break
-                _run_round(ray, job, chunks, batch_size, workers, predictor)
+            summary = _run_job(ray, Job(input, output, driver_model, params,
+                                        input_format=input_format, chunk_size=chunk_size,
+                                        errors=errors, progress=progress,
+                                        report_bad_rows=report_bad_rows),
+                               model, workers, num_threads, batch_size)
         finally:
-            summary = job.close()
+            logger.setLevel(saved[0])
+            context.execution_options.preserve_order, context.enable_progress_bars = saved[1:]
     finally:
         if started:
             ray.shutdown()
+    return summary
+
+
+def _run_job(ray, job: Job, model, workers: int, num_threads: int,
+             batch_size: int) -> BatchSummary:
+    predictor = dict(fn=FastlstmPredictor, batch_size=batch_size, batch_format="numpy",
+                     fn_constructor_kwargs={"model": model, "num_threads": num_threads},
+                     num_cpus=num_threads, compute=ray.data.ActorPoolStrategy(size=workers))
+    try:
+        windows = job.windows()
+        while True:
+            chunks = [w for _, w in zip(range(CHUNKS_PER_ROUND), windows)]
+            if not chunks:
+                break
+            _run_round(ray, job, chunks, batch_size, workers, predictor)
+    finally:
+        summary = job.close()
     return summary
 
 
