@@ -190,6 +190,10 @@ def write_report(args, n: int, results: dict, ray_version: str | None) -> str:
         f"The CLI (a fresh interpreter, loading the model, then the same job) reaches "
         f"{cli_ratio:.2f}x the generate call.",
         "",
+        "\"Other load\" is the CPU time of every process but this one and its children, per "
+        "second: for the Ray rows it includes Ray's own workers (about 1 core per worker), so "
+        "there only what exceeds the worker count was someone else's.",
+        "",
     ])
     args.output.write_text(text, encoding="utf-8")
     return text
