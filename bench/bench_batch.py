@@ -1,6 +1,6 @@
 """Batch jobs at scale: `fastlstm batch` against one batched `generate` call, and Ray's scaling.
 
-    python -m bench.bench_batch                       # 10,000 prompts, writes bench/BATCH_RESULTS.md
+    python -m bench.bench_batch                      # 10,000 prompts -> bench/BATCH_RESULTS.md
     python -m bench.bench_batch --prompts 1000 --rounds 1 -o /tmp/batch.md    # a quick look
 
 Prompts are lines of the Shakespeare corpus (shared/data/shakespeare.txt beside the checkout,
@@ -162,10 +162,10 @@ def write_report(args, n: int, results: dict, ray_version: str | None) -> str:
         rows.append(f"| {name} | {best(results, name):,.0f} | {rounds} | {load} |")
     targets = [("job / generate", best(results, "job") / best(results, "generate"), 0.9)]
     if "ray_2" in results:
-        targets.append(("Ray, 2 workers / 1 worker", best(results, "ray_2") / best(results, "ray_1"),
-                        1.6))
-    target_rows = [f"| {what} | {ratio:.2f}x | >= {need}x | {'yes' if ratio >= need else '**no**'} |"
-                   for what, ratio, need in targets]
+        targets.append(("Ray, 2 workers / 1 worker",
+                        best(results, "ray_2") / best(results, "ray_1"), 1.6))
+    target_rows = [f"| {what} | {ratio:.2f}x | >= {need}x | "
+                   f"{'yes' if ratio >= need else '**no**'} |" for what, ratio, need in targets]
     cli_ratio = best(results, "cli") / best(results, "generate")
     text = "\n".join([
         "# Batch jobs: `fastlstm batch` vs one `generate` call, and Ray's scaling",

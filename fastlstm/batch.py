@@ -8,7 +8,7 @@
 The data flow, top to bottom in this file:
 
     INPUT ─read_rows─▶ Row | BadRow (line numbers; JSON, fields, ids checked)
-          ─_Job─────▶ Task (params merged and checked, prompt tokenized, seed fixed, rows
+          ─Job──────▶ Task (params merged and checked, prompt tokenized, seed fixed, rows
                        already in OUTPUT skipped), in windows of chunk_size rows sorted by
                        (parameters, prompt length)
           ─generate_tasks─▶ one Model.generate_ids call per batch of equal parameters
@@ -34,7 +34,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from fastlstm.sampling import GenerationParams
@@ -55,7 +55,7 @@ ROW_PARAMS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repet
               "stop", "eos_token_id", "seed")
 _ROW_FIELDS = ("id", "prompt") + ROW_PARAMS
 
-DEFAULT_BATCH_SIZE = 256  # prompts per generate call: past a few hundred, rows stop fitting in cache
+DEFAULT_BATCH_SIZE = 256  # prompts per generate call; far larger batches run slower (cache)
 DEFAULT_CHUNK_SIZE = 1024  # results per write (and fsync): what a crash can lose at most
 _MAX_REPORTED = 20  # bad rows printed to stderr; the errors file and the summary count them all
 

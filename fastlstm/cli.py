@@ -412,8 +412,8 @@ def _add_batch(subparsers) -> None:
         subparsers,
         "batch",
         "Generate for every prompt of a file; write JSONL results; re-run to resume.",
-        "INPUT is JSONL, one object a line: {\"id\": ..., \"prompt\": ...} plus, optionally, any of\n"
-        "max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop,\n"
+        "INPUT is JSONL, one object a line: {\"id\": ..., \"prompt\": ...} plus, optionally,\n"
+        "any of max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop,\n"
         "eos_token_id and seed for that row alone; or plain text, one prompt a line (id = the\n"
         "line number).  --format auto takes .jsonl/.ndjson/.json as JSONL, .txt and stdin (-)\n"
         "as text, and otherwise looks at the first line.  A JSONL row without \"id\" gets its\n"
