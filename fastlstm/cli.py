@@ -1,4 +1,5 @@
-"""The `fastlstm` command line: `fastlstm generate ...`, `fastlstm export ...`, `fastlstm info ...`, `fastlstm train ...`.
+"""The `fastlstm` command line: `fastlstm generate ...`, `fastlstm batch ...`, `fastlstm export ...`,
+`fastlstm info ...`, `fastlstm train ...`.
 
 Each subcommand is a pair of functions, `_add_<name>(subparsers)` declaring its arguments and
 `_run_<name>(args) -> int` doing the work; list the first in `_SUBCOMMANDS` to add one.
@@ -13,6 +14,7 @@ import re
 import sys
 from collections.abc import Mapping
 
+from fastlstm.batch import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE
 from fastlstm.config import RNN_TYPES
 from fastlstm.precision import DTYPES
 
@@ -42,6 +44,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Run PyTorch LSTM, GRU and RNN language models on the CPU, without PyTorch.",
         epilog="examples:\n"
         '  fastlstm generate --prompt "ROMEO:"\n'
+        "  fastlstm batch prompts.jsonl -o results.jsonl --seed 1\n"
         "  fastlstm export model.pt -o model.safetensors --vocab vocab.json\n"
         "  fastlstm info model.safetensors\n"
         "  fastlstm train corpus.txt -o model.safetensors --minutes 10\n"
@@ -387,6 +390,16 @@ def _add_generate(subparsers) -> None:
     )
     p.add_argument("--model", metavar="PATH", help="a model file (default: the bundled model)")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    _add_generation_args(p)
+    p.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples to generate")
+    p.add_argument("--threads", type=int, metavar="N", help="threads (default: OMP_NUM_THREADS or all cores)")
+    _add_dtype_arg(p)
+    p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.set_defaults(run=_run_generate)
+
+
+def _add_generation_args(p, seed_help: str = "random seed (default: fresh entropy)") -> None:
+    """The sampling arguments shared by generate and batch (Model.generate's parameters)."""
     p.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
                    help="tokens to generate per sample (default: 200)")
     p.add_argument("--temperature", type=float, default=0.8, metavar="T",
@@ -400,23 +413,27 @@ def _add_generate(subparsers) -> None:
                    help="penalise tokens already in the text; 1 = off")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop a sample when TEXT is generated (repeatable)")
-    p.add_argument("--seed", type=int, metavar="S", help="random seed (default: fresh entropy)")
-    p.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples to generate")
-    p.add_argument("--threads", type=int, metavar="N", help="threads (default: OMP_NUM_THREADS or all cores)")
+    p.add_argument("--seed", type=int, metavar="S", help=seed_help)
+
+
+def _add_dtype_arg(p) -> None:
     p.add_argument("--dtype", choices=DTYPES,
                    help="precision to hold the weights in (default: the file's); float16, "
                    "bfloat16 and int8 generate faster at small batches")
-    p.add_argument("--stream", action="store_true", help="print text as it is generated")
-    p.set_defaults(run=_run_generate)
+
+
+def _generation_params(args) -> dict:
+    """The values of _add_generation_args' arguments, as Model.generate's keywords."""
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed)
 
 
 def _run_generate(args) -> int:
     import fastlstm
 
     model = fastlstm.load(args.model, dtype=args.dtype, num_threads=args.threads)
-    params = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                  top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                  repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed)
+    params = _generation_params(args)
     if args.stream:
         if args.num_samples != 1:
             raise ValueError("--stream prints one sample; drop --num-samples or --stream")
@@ -431,4 +448,108 @@ def _run_generate(args) -> int:
     return 0
 
 
-_SUBCOMMANDS = [_add_generate, _add_export, _add_info, _add_train]
+# ---------------------------------------------------------------------------------------------
+# fastlstm batch
+
+_EXIT_BAD_ROWS = 1  # the job finished, but some rows could not be generated
+_EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
+
+def _add_batch(subparsers) -> None:
+    p = _add_parser(
+        subparsers,
+        "batch",
+        "Generate for every prompt of a file; write JSONL results; re-run to resume.",
+        "INPUT is JSONL, one object a line: {\"id\": ..., \"prompt\": ...} plus, optionally,\n"
+        "any of max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop,\n"
+        "eos_token_id and seed for that row alone; or plain text, one prompt a line (id = the\n"
+        "line number).  --format auto takes .jsonl/.ndjson/.json as JSONL, .txt and stdin (-)\n"
+        "as text, and otherwise looks at the first line.  A JSONL row without \"id\" gets its\n"
+        "line number.\n"
+        "\n"
+        "OUTPUT gets one JSON line per row: id, prompt, text (the new text only), prompt_tokens,\n"
+        "new_tokens, finish_reason (stop or length) and the seed used.  Results are appended a\n"
+        "chunk at a time, in input order, each chunk fsynced: a crash or Ctrl-C loses at most\n"
+        "the chunk in flight, and running the same command again skips the ids OUTPUT already\n"
+        "holds (an incomplete last line left by a crash is cut off first).\n"
+        "\n"
+        "Seeds: a row's \"seed\" is used as it is; other rows get a seed derived from --seed and\n"
+        "their id alone (fastlstm.batch.row_seed), so every row's text is the same whatever\n"
+        "batch, worker or run it lands in, on one machine or on Ray.\n"
+        "\n"
+        "Bad rows (invalid JSON, no prompt, unknown fields, invalid parameters, text the\n"
+        "model cannot encode, an id seen before) are reported with their line numbers and\n"
+        "skipped; the job goes on.  Exit status: 0 all rows done, 1 done but some rows bad,\n"
+        "2 error (nothing generated), 130 interrupted.\n"
+        "\n"
+        "--ray runs the generation on a Ray cluster (pip install \"fastlstm[ray]\"): this\n"
+        "process reads, checks and writes exactly as without it, and --workers actors of\n"
+        "--threads threads each generate.  No ADDRESS starts a local Ray; the model file must\n"
+        "be readable at the same path on every node.  Put --ray after INPUT, or write\n"
+        "--ray=ADDRESS, so that INPUT is not taken for the address.",
+        "  fastlstm batch prompts.jsonl -o results.jsonl --max-new-tokens 64 --seed 1\n"
+        "  fastlstm batch lines.txt -o results.jsonl --model my.safetensors --temperature 0.7\n"
+        "  fastlstm batch prompts.jsonl -o results.jsonl --errors bad_rows.jsonl --quiet\n"
+        "  fastlstm batch prompts.jsonl -o results.jsonl --seed 1 --ray             # local Ray\n"
+        "  fastlstm batch prompts.jsonl -o results.jsonl --seed 1 --ray=auto --workers 16",
+    )
+    p.add_argument("input", metavar="INPUT", help='prompts: a JSONL or text file, or "-" for stdin')
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT",
+                   help="the JSONL results file (appended to: existing ids are skipped)")
+    p.add_argument("--model", metavar="PATH", help="a model file (default: the bundled model)")
+    p.add_argument("--format", choices=("auto", "jsonl", "text"), default="auto",
+                   help="INPUT's format (default: auto)")
+    _add_generation_args(p, seed_help="the job seed rows' seeds derive from (default: a random "
+                         "one, printed at the end; each result records its own seed)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
+                   help=f"prompts per generate call (default: {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, metavar="N",
+                   help="results per write: the most a crash can lose "
+                   f"(default: {DEFAULT_CHUNK_SIZE})")
+    p.add_argument("--errors", metavar="FILE",
+                   help="write every bad row to FILE as JSONL {line, error, id}")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="threads (default: OMP_NUM_THREADS or all cores; with --ray: per worker, "
+                   "default 1)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="generate on a Ray cluster at ADDRESS (e.g. auto, ray://host:10001); "
+                   "no ADDRESS: a local Ray")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="with --ray: model actors (default: the cluster's CPUs / --threads)")
+    _add_dtype_arg(p)
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no summary (bad rows are still reported)")
+    p.set_defaults(run=_run_batch)
+
+
+def _run_batch(args) -> int:
+    from fastlstm.batch import run_batch
+
+    options = dict(batch_size=args.batch_size, chunk_size=args.chunk_size,
+                   input_format=args.format, errors=args.errors, progress=not args.quiet,
+                   dtype=args.dtype,
+                   report_bad_rows=True, **_generation_params(args))
+    if args.workers is not None and args.ray is None:
+        raise ValueError("--workers needs --ray")
+    try:
+        if args.ray is not None:
+            from fastlstm.ray_data import run_batch_ray
+
+            summary = run_batch_ray(args.input, args.output, args.model,
+                                    address=args.ray or None, workers=args.workers,
+                                    num_threads=args.threads or 1, **options)
+        else:
+            summary = run_batch(args.input, args.output, args.model,
+                                num_threads=args.threads, **options)
+    except KeyboardInterrupt:
+        print(f"fastlstm batch: interrupted; the chunks written to {args.output} are kept: "
+              "run the same command to resume", file=sys.stderr)
+        return _EXIT_INTERRUPTED
+    if not args.quiet:
+        print(f"fastlstm batch: {summary}", file=sys.stderr)
+    if summary.bad_rows:
+        return _EXIT_BAD_ROWS
+    return 0
+
+
+_SUBCOMMANDS = [_add_generate, _add_batch, _add_export, _add_info, _add_train]
