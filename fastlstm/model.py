@@ -91,9 +91,8 @@ class Model:
         # saves a 650 x 2600 product per token, 13% of the bytes a token reads).  It is
         # float32 in every precision, computed from the weights as `dtype` rounded them, so
         # the model computes exactly what its stored weights define; a step reads one row.
-        layer0 = weights.recurrent.layers[0]
-        rounded0 = type(layer0)(convert(layer0.weight_ih, dtype).to_float32(), layer0.weight_hh)
-        table = input_table(embedding.to_float32(), rounded0, self._layers[0].bias_x,
+        w_ih0 = convert(weights.recurrent.layers[0].weight_ih, dtype).to_float32()
+        table = input_table(embedding.to_float32(), w_ih0, self._layers[0].bias_x,
                             2 * self.config.num_parameters)
         self._table = None if table is None else convert(table, "float32")
         self._embedding = embedding if table is None else None

@@ -118,14 +118,14 @@ def pack_layers(recurrent: RecurrentWeights, dtype: str = "float32") -> list[Pac
             for i, layer in enumerate(recurrent.layers)]
 
 
-def input_table(embedding: np.ndarray, layer0: LayerWeights, bias_x: np.ndarray,
+def input_table(embedding: np.ndarray, w_ih: np.ndarray, bias_x: np.ndarray,
                 budget: int) -> np.ndarray | None:
     """Layer 0's input projection of every token, `embedding . W_ih^T + bias_x` (vocab,
     gates*hidden), float32, so a step reads one row instead of multiplying; None when it
     would hold more than `budget` values (large vocabularies, where it would outgrow the
-    weights).  `embedding` and `layer0` as the model's precision rounded them."""
-    vocab, gates_hidden = embedding.shape[0], layer0.weight_ih.shape[0]
+    weights).  `embedding` and `w_ih` as the model's precision rounded them; the products
+    are summed in float64 and rounded once."""
+    vocab, gates_hidden = embedding.shape[0], w_ih.shape[0]
     if vocab * gates_hidden > budget:
         return None
-    return _c_float32(embedding.astype(np.float64) @ layer0.weight_ih.T.astype(np.float64)
-                      + bias_x)
+    return _c_float32(embedding.astype(np.float64) @ w_ih.T.astype(np.float64) + bias_x)
