@@ -11,8 +11,9 @@ takes, which at batch 1 is what sets the speed (every token reads every weight o
   scale[j] = max |W[j, :]| / 127 (float32).  Converting an int8 model back to float32 and
   quantizing again gives the same q and scales, so an int8 file loads exactly as written.
 
-Matrices (embedding, recurrent weights, head, the layer-0 lookup table) take the model's
-precision; biases stay float32 in memory (they are a few KB and added once per output).
+Matrices (embedding, recurrent weights, head) take the model's precision; biases stay
+float32 (a few KB, added once per output), and so does the layer-0 lookup table, which is
+computed from the rounded weights and read one row per token.
 """
 
 from __future__ import annotations
