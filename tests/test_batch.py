@@ -331,6 +331,10 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), env.get("PYTHONPATH"))
                                         if p)
+    # Run from the directory holding the fastlstm under test: `python -m` looks in the working
+    # directory first, and a source checkout there may have no compiled extensions (CI tests
+    # the installed package).
+    kwargs.setdefault("cwd", PACKAGE_PARENT)
     return subprocess.Popen([sys.executable, "-m", "fastlstm", "batch", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 

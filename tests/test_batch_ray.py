@@ -5,6 +5,7 @@ single-machine job writes, resuming included."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -20,10 +21,18 @@ NAMES = ["ROMEO", "JULIET", "HAMLET", "OPHELIA", "KING LEAR", "PORTIA", "IAGO", 
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+def local_ray(tmp_path_factory):
+    # Ray's workers start in the driver's working directory and import from it first: from a
+    # source checkout whose compiled extensions live elsewhere (CI tests the installed
+    # package), they would import the unbuilt sources.  Start them in an empty directory.
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray"))
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        yield
+        ray.shutdown()
+    finally:
+        os.chdir(cwd)
 
 
 @pytest.fixture(scope="module")
