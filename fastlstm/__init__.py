@@ -1,11 +1,13 @@
 """fastlstm: run PyTorch LSTM, GRU and RNN language models on the CPU, without PyTorch.
 
     >>> import fastlstm
-    >>> model = fastlstm.load("model.safetensors")
+    >>> model = fastlstm.load("model.safetensors")             # or dtype="float16", "int8", ...
     >>> logits, state = model.forward([[1, 2, 3]])
 
 The public API: `load` and `Model` (language models), `LSTM`, `GRU`, `RNN` (recurrent
-layers alone), `export` (PyTorch -> fastlstm file; needs the torch extra), `ModelConfig`.
+layers alone), `export` (PyTorch -> fastlstm file; needs the torch extra), `convert` (a model
+file in another weight precision), `ModelConfig`.  Batch jobs: `fastlstm.batch.run_batch`,
+and on Ray `fastlstm.ray_data` (the ray extra).
 """
 
 from fastlstm import _openblas  # noqa: F401  (loads the BLAS before any kernel module)
