@@ -1,9 +1,10 @@
 """fastlstm's packed matmul (src_pyx/matmul.h) against single-threaded OpenBLAS.
 
-    python bench/bench_matmul.py [--repeat 7] [--seconds 0.02]
+    python bench/bench_matmul.py [--repeat 7] [--seconds 0.02] [--dtype float16|bfloat16|int8]
 
 For each shape (m, n, k), y (m, n) := x (m, k) . W^T with W (n, k) as PyTorch stores it:
-  fastlstm   fastlstm._matmul.matmul on the packed W (AVX2+FMA path where the CPU has it)
+  fastlstm   fastlstm._matmul.matmul on the packed W (AVX2/FMA/F16C path where the CPU has
+             it), stored in --dtype (the others multiply the same rounded values in float32)
   numpy      numpy.matmul(x, W.T, out=y): NumPy's own OpenBLAS (sgemv for one row)
   openblas32 cblas_sgemv / cblas_sgemm of the scipy-openblas32 wheel fastlstm ships with,
              called through ctypes (skipped when the wheel is missing)
@@ -27,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # an in-place buil
 import numpy as np  # noqa: E402
 
 from fastlstm import _matmul  # noqa: E402
+from fastlstm.pack import pack_matrix  # noqa: E402
+from fastlstm.precision import DTYPES, convert  # noqa: E402
 
 SHAPES = [(1, 2048, 512), (1, 2048, 1024), (64, 2048, 512), (64, 2048, 1024), (1, 10000, 650), (256, 2048, 64)]
 
@@ -77,11 +80,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=0.02, help="length of one timed loop")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="precision of fastlstm's packed weights (the others multiply the "
+                        "same values in float32)")
     args = parser.parse_args()
 
     lib = openblas32()
     rng = np.random.default_rng(0)
-    print(f"fastlstm kernels: {'AVX2+FMA' if _matmul.has_avx2() else 'scalar'}; one thread")
+    print(f"fastlstm kernels: {'AVX2+FMA+F16C' if _matmul.has_avx2() else 'scalar'}, "
+          f"{args.dtype} weights; one thread")
     names = ["fastlstm", "numpy", "openblas32"] if lib else ["fastlstm", "numpy"]
     header = f"{'m':>4} {'n':>6} {'k':>5} | " + " ".join(f"{s + ' GF/s':>15}" for s in names)
     header += " | " + " ".join(f"{'vs ' + s:>14}" for s in names[1:])
@@ -89,12 +96,13 @@ def main():
     print("-" * len(header))
     for m, n, k in SHAPES:
         x = rng.standard_normal((m, k), dtype=np.float32)
-        w = rng.standard_normal((n, k), dtype=np.float32)
-        packed = _matmul.pack(w)
+        stored = convert(rng.standard_normal((n, k), dtype=np.float32), args.dtype)
+        w = stored.to_float32()
+        packed = pack_matrix(stored)
         wt = w.T
         outs = {name: np.empty((m, n), dtype=np.float32) for name in names}
         calls = {
-            "fastlstm": lambda: _matmul.matmul(x, packed, n, None, outs["fastlstm"]),
+            "fastlstm": lambda: _matmul.matmul(x, packed, None, outs["fastlstm"]),
             "numpy": lambda: np.matmul(x, wt, out=outs["numpy"]),
         }
         if lib:
