@@ -72,11 +72,13 @@ EOF
 
 # valgrind PREFIX COMMAND...: memcheck, one XML (PREFIX.<pid>.xml) per process.
 # PYTHONMALLOC=malloc: no pymalloc arenas hiding blocks.  Passive OpenMP waits: spinning
-# threads are very slow under valgrind, which runs one thread at a time.
+# threads are very slow under valgrind, which runs one thread at a time.  Shorter superblocks
+# (--vex-guest-max-insns, default 60): a run over every weight precision once died with
+# "VEX temporary storage exhausted" translating a block of 256-bit code.
 vg() {
   local prefix="$1"; shift
   PYTHONMALLOC=malloc OMP_WAIT_POLICY=passive PYTHONDONTWRITEBYTECODE=1 \
-  valgrind --tool=memcheck --track-origins=yes --num-callers=40 \
+  valgrind --tool=memcheck --track-origins=yes --num-callers=40 --vex-guest-max-insns=30 \
     --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
     --suppressions="$HERE/valgrind.supp" --xml=yes --xml-file="$prefix.%p.xml" \
     --log-file="$prefix.%p.log" "$@"
