@@ -46,11 +46,12 @@ KERNEL_TESTS=(tests/test_matmul.py tests/test_precision.py tests/test_numerics.p
               tests/test_layers_vs_torch.py tests/test_sampler.py)
 # Under valgrind (~100x slower): leave out argument validation that never reaches a kernel,
 # n = 2051 products (exercise_kernels.py has one), per-case checks other than logits/state and
-# two-pieces, the torch-module copies of the layer cases, and the chi-square sampling tests.
+# two-pieces, the torch-module copies of the layer cases, the chi-square sampling tests, and
+# the validation-loss runs (30k tokens per precision; exercise_kernels.py covers those paths).
 VALGRIND_K="not bad_values and not bad_prompts and not 2051 and not test_config \
 and not test_initial_state and not test_state_is_not_modified and not test_one_dimensional_ids \
 and not greedy_continuation and not (test_layer_matches_torch and (from_torch or unbatched)) \
-and not layer_random_shapes and not draws_follow_the_distribution"
+and not layer_random_shapes and not draws_follow_the_distribution and not validation_loss"
 
 status=0
 
