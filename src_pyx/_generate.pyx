@@ -21,8 +21,8 @@ from libc.string cimport memcpy
 
 from matmul cimport fl_matmul, fl_matrix
 from sampler cimport Candidate, SamplingParams, coin, sample_token
-from stack cimport (Layer, Rows, cell_code, fill_matrix, fill_rows, float_ptr, gates_of,
-                    gather_rows, input_projection, layer_step, layers_from_packed)
+from stack cimport (Layer, Rows, cell_code, fill_layer0_input, fill_matrix, float_ptr,
+                    gates_of, gather_rows, input_projection, layer_step, layers_from_packed)
 
 import numpy as np
 
@@ -260,12 +260,9 @@ def decode(str rnn_type, list layers, *, emb, table, head, int vocab, head_b,
     run.batch = last_v.shape[0]
     run.vocab = vocab
     run.max_new = out_v.shape[1]
-    run.emb.data = NULL
-    run.table.data = NULL
-    if table is not None:
-        fill_rows(&run.table, table, "table")
-    else:
-        fill_rows(&run.emb, emb, "emb")
+    fill_layer0_input(&run.emb, &run.table, emb, table)
+    if run.emb.data == NULL and run.table.data == NULL:
+        raise ValueError("layer 0 needs an embedding or a lookup table")
     fill_matrix(&run.head, head, "head")
     run.head_b = float_ptr(head_b, "head_b", True)
     run.params.temperature = temperature

@@ -20,8 +20,8 @@ from libc.string cimport memcpy
 
 from blas cimport matmul_wt
 from matmul cimport fl_matmul, fl_matrix
-from stack cimport (Layer, Rows, cell_code, fill_matrix, fill_rows, float_ptr, gates_of,
-                    gather_rows, input_projection, layer_step, layers_from_packed)
+from stack cimport (Layer, Rows, cell_code, fill_layer0_input, fill_matrix, float_ptr,
+                    gates_of, gather_rows, input_projection, layer_step, layers_from_packed)
 
 cimport openmp
 
@@ -205,12 +205,7 @@ def forward(str rnn_type, list layers, *, h, c=None, x=None, ids=None, emb=None,
     job.h = <float *> float_ptr(h, "h")
     job.c = <float *> float_ptr(c, "c", True)
     job.x = float_ptr(x, "x", True)
-    job.emb.data = NULL
-    job.table.data = NULL
-    if emb is not None:
-        fill_rows(&job.emb, emb, "emb")
-    if table is not None:
-        fill_rows(&job.table, table, "table")
+    fill_layer0_input(&job.emb, &job.table, emb, table)
     job.y = <float *> float_ptr(y, "y", True)
     job.logits = <float *> float_ptr(logits, "logits", True)
     job.blas = use_blas(layers, head_w, logits)
@@ -267,12 +262,7 @@ def prefill(str rnn_type, list layers, *, ids, offsets, h, c=None, emb=None, tab
     base.num_layers = len(layers)
     base.batch = 1
     base.x = NULL
-    base.emb.data = NULL
-    base.table.data = NULL
-    if emb is not None:
-        fill_rows(&base.emb, emb, "emb")
-    if table is not None:
-        fill_rows(&base.table, table, "table")
+    fill_layer0_input(&base.emb, &base.table, emb, table)
     base.blas = use_blas(layers, None, None)
     base.y = NULL
     base.logits = NULL

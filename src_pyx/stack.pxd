@@ -115,6 +115,18 @@ cdef inline int fill_rows(Rows *t, object stored, str name) except -1:
     return 0
 
 
+cdef inline int fill_layer0_input(Rows *emb_rows, Rows *table_rows, object emb,
+                                  object table) except -1:
+    """Point the rows at Model._layer0_input()'s emb and table (.data NULL for a None)."""
+    emb_rows.data = NULL
+    table_rows.data = NULL
+    if emb is not None:
+        fill_rows(emb_rows, emb, "emb")
+    if table is not None:
+        fill_rows(table_rows, table, "table")
+    return 0
+
+
 cdef inline Layer *layers_from_packed(list packed) except NULL:
     """A malloc'd Layer array (the caller frees it) pointing into PackedLayer arrays."""
     cdef int i, n = len(packed)
