@@ -36,10 +36,17 @@ def test_outputs_agree(lm):
     tol = 1e-4 * _scale(expected)
     np.testing.assert_allclose(model.forward(prompt)[0][0], expected, rtol=0, atol=tol)
 
-    sequence = lm.ort_session("sequence", 1).run(["logits"], {"ids": prompt, **lm.zero_state(1)})
-    np.testing.assert_allclose(sequence[0][0], expected, rtol=0, atol=tol)
+    _check_onnxruntime(lm, prompt, expected, tol, int8=False)
 
-    step = lm.ort_session("step", 1)
+
+def _check_onnxruntime(lm, prompt, expected, tol, int8):
+    """ONNX Runtime's sequence graph, and its one-step graph step by step, give `expected`
+    (steps, V) for `prompt` (1, steps) within `tol`."""
+    sequence = lm.ort_session("sequence", 1, int8=int8)
+    logits = sequence.run(["logits"], {"ids": prompt, **lm.zero_state(1)})[0]
+    np.testing.assert_allclose(logits[0], expected, rtol=0, atol=tol)
+
+    step = lm.ort_session("step", 1, int8=int8)
     names = list(lm.zero_state(1))
     feeds = lm.zero_state(1)
     for t in range(prompt.shape[1]):
@@ -95,14 +102,4 @@ def test_onnxruntime_int8_agrees(lm):
     expected = _torch_logits(lm, prompt)[0]
     tol = TOLERANCE["onnxruntime_int8"] * float(expected.std())
 
-    sequence = lm.ort_session("sequence", 1, int8=True)
-    logits = sequence.run(["logits"], {"ids": prompt, **lm.zero_state(1)})[0]
-    np.testing.assert_allclose(logits[0], expected, rtol=0, atol=tol)
-
-    step = lm.ort_session("step", 1, int8=True)
-    names = list(lm.zero_state(1))
-    feeds = lm.zero_state(1)
-    for t in range(prompt.shape[1]):
-        logits, *state = step.run(None, {"ids": prompt[:, t:t + 1], **feeds})
-        feeds = dict(zip(names, state))
-        np.testing.assert_allclose(logits[0, 0], expected[t], rtol=0, atol=tol)
+    _check_onnxruntime(lm, prompt, expected, tol, int8=True)

@@ -52,11 +52,8 @@ def _worker(calls: int, warmup: int, leak_bytes: int) -> dict:
     import gc
     import tempfile
 
-    import numpy as np
-    from safetensors.numpy import save_file
-
     import fastlstm
-    from fastlstm.tokenizers import CharTokenizer
+    from exploding_relu import write_exploding_relu  # tests/, on sys.path here
 
     page = os.sysconf("SC_PAGE_SIZE")
     libc = ctypes.CDLL(None)
@@ -86,7 +83,7 @@ def _worker(calls: int, warmup: int, leak_bytes: int) -> dict:
     m1 = fastlstm.load(num_threads=1)
     m2 = fastlstm.load(num_threads=2)
     tmp = tempfile.mkdtemp()
-    exploding = fastlstm.load(_write_exploding_relu(tmp, save_file, CharTokenizer, np),
+    exploding = fastlstm.load(write_exploding_relu(tmp, list("abcdefghijklmnopqrstuvwxyz")),
                               num_threads=2)
     ids = [m1.tokenizer.encode(p) for p in ("ROMEO:", "to be", "x")]
     state = {"s": None}
@@ -162,24 +159,6 @@ def _worker(calls: int, warmup: int, leak_bytes: int) -> dict:
     return {"fastlstm": fastlstm.__file__, "before": before, "after": after,
             "samples": samples, "blocks_growth": blocks_after - blocks_before,
             "malloc_growth": None if in_use_before is None else in_use_after - in_use_before}
-
-
-def _write_exploding_relu(directory, save_file, CharTokenizer, np) -> str:
-    """A ReLU RNN whose state grows 1.9x per step, so its logits overflow after ~140 steps
-    (see test_numerics.py); a prompt of 150 tokens overflows already in prefill."""
-    rng = np.random.default_rng(7)
-    vocab = list("abcdefghijklmnopqrstuvwxyz")
-    V, E, H = len(vocab), 4, 8
-    tensors = {"encoder.weight": rng.uniform(0, 1, (V, E)),
-               "rnn.weight_ih_l0": rng.uniform(0, 0.5, (H, E)),
-               "rnn.weight_hh_l0": 1.9 * np.eye(H),
-               "rnn.bias_ih_l0": np.full(H, 0.1), "rnn.bias_hh_l0": np.zeros(H),
-               "decoder.weight": rng.standard_normal((V, H)), "decoder.bias": np.zeros(V)}
-    path = os.path.join(directory, "exploding-relu.safetensors")
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, path,
-              metadata={"format": "fastlstm", "format_version": "1", "rnn_type": "RNN_RELU",
-                        "tokenizer": CharTokenizer(vocab).to_json()})
-    return path
 
 
 # --------------------------------------------------------------------------- the tests

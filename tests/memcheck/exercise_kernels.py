@@ -35,11 +35,13 @@ import numpy as np
 from safetensors.numpy import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's fastlstm
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests/: exploding_relu
 import fastlstm  # noqa: E402
 from fastlstm import _generate, _matmul  # noqa: E402
 from fastlstm.pack import pack_matrix  # noqa: E402
 from fastlstm.precision import DTYPES, convert  # noqa: E402
 from fastlstm.tokenizers import CharTokenizer  # noqa: E402
+from exploding_relu import write_exploding_relu  # noqa: E402
 
 CHARS = list("\n abcdefghijklmnopqrstuvwxyz.,;:!?'-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -159,27 +161,8 @@ def check_generation(path, rng, dtype="float32"):
         pass
 
 
-def write_exploding_relu(directory):
-    """A ReLU RNN LM whose state grows 1.9x per step (W_hh = 1.9 I, non-negative inputs): it
-    passes the loader's magnitude check (which bounds only a ReLU RNN's first step) and its
-    logits overflow to inf / NaN after ~140 steps."""
-    rng = np.random.default_rng(7)
-    V, E, H = len(CHARS), 4, 8
-    t = {"encoder.weight": rng.uniform(0, 1, (V, E)),
-         "rnn.weight_ih_l0": rng.uniform(0, 0.5, (H, E)),
-         "rnn.weight_hh_l0": 1.9 * np.eye(H),
-         "rnn.bias_ih_l0": np.full(H, 0.1), "rnn.bias_hh_l0": np.zeros(H),
-         "decoder.weight": rng.standard_normal((V, H)), "decoder.bias": np.zeros(V)}
-    path = os.path.join(directory, "exploding-relu.safetensors")
-    metadata = {"format": "fastlstm", "format_version": "1", "rnn_type": "RNN_RELU",
-                "tokenizer": CharTokenizer(CHARS).to_json()}
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in t.items()}, path,
-              metadata=metadata)
-    return path
-
-
 def check_nan_path(directory):
-    path = write_exploding_relu(directory)
+    path = write_exploding_relu(directory, CHARS)
     for threads in (1, 2):
         model = fastlstm.load(path, num_threads=threads)
         fine = model.generate_ids([[1], [2, 3]], max_new_tokens=20, temperature=0)
