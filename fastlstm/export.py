@@ -25,7 +25,7 @@ import numpy as np
 from fastlstm.config import check_rnn_type
 from fastlstm.precision import check_dtype
 from fastlstm.tokenizers import Tokenizer, make_tokenizer
-from fastlstm.weights import FORMAT_VERSION, find_roles, read_model_file, write_model_file
+from fastlstm.weights import FORMAT_VERSION, find_roles, write_model_file
 
 __all__ = ["export", "convert"]
 
@@ -109,11 +109,11 @@ def convert(path, out, *, dtype: str, rnn_type: str | None = None) -> None:
     kept.  `fastlstm.load(out)` then gives exactly `fastlstm.load(path, dtype=dtype)`.
     rnn_type is needed only for plain RNN files without metadata, as for `load`.
     """
-    from fastlstm.weights import read_safetensors
+    from fastlstm.weights import check_model_tensors, read_safetensors
 
     dtype = check_dtype(dtype)
-    weights, metadata, _ = read_model_file(path, rnn_type)
-    tensors, _, _ = read_safetensors(path)
+    tensors, metadata, _ = read_safetensors(path)
+    weights = check_model_tensors(path, tensors, metadata, rnn_type)
     metadata = {**metadata, "format": FORMAT, "format_version": FORMAT_VERSION,
                 "rnn_type": weights.config.rnn_type}
     write_model_file(out, tensors, metadata, dtype)

@@ -542,6 +542,12 @@ def _break_tie(options, matrices, vectors):
 def read_model_file(path, rnn_type: str | None = None) -> tuple[ModelWeights, dict[str, str], str]:
     """Read and check a model file: returns (weights, metadata, dtype)."""
     tensors, metadata, dtype = read_safetensors(path)
+    return check_model_tensors(path, tensors, metadata, rnn_type), metadata, dtype
+
+
+def check_model_tensors(path, tensors: dict[str, np.ndarray], metadata: dict[str, str],
+                        rnn_type: str | None = None) -> ModelWeights:
+    """The checks and roles of read_model_file, on tensors read by read_safetensors(path)."""
     try:
         if metadata.get("format") == "fastlstm" and metadata.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"format_version {metadata.get('format_version')!r} is not one this "
@@ -551,7 +557,7 @@ def read_model_file(path, rnn_type: str | None = None) -> tuple[ModelWeights, di
             _check_tokenizer_size(metadata["tokenizer"], weights.config.vocab_size)
     except ValueError as e:
         raise ValueError(f"{os.fspath(path)}: {e}") from None
-    return weights, metadata, dtype
+    return weights
 
 
 def _check_tokenizer_size(tokenizer_json: str, vocab_size: int) -> None:
