@@ -13,6 +13,7 @@ PANEL = 16  # outputs per panel (matmul.h's FL_PANEL)
 ALIGNMENT = 64  # bytes: panels start on a cache line
 # bfloat16 panel rows interleave the two halves of the panel: position 2i holds output i,
 # 2i + 1 holds output 8 + i (matmul.h's fl_panel_slot), so one load gives both halves.
+# int8 panel rows hold pairs of k, k padded to even: panels[p][kk // 2][l][kk % 2].
 _BF16_ORDER = np.array([o for i in range(8) for o in (i, 8 + i)])
 
 
@@ -26,9 +27,11 @@ def aligned_empty(count: int, dtype) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PackedMatrix:
-    """A weight W (n, k) in matmul.h's panels: panels[p][kk][slot] = W[16p + l, kk]."""
+    """A weight W (n, k) in matmul.h's panels: panels[p][kk][slot] = W[16p + l, kk] (int8:
+    panels[p][kk // 2][l][kk % 2])."""
 
     panels: np.ndarray  # 1-D, 64-byte aligned, ceil(n/16)*16*k elements of the dtype's storage
+    #                     (int8: k rounded up to even)
     scale: np.ndarray | None  # (n,) float32, int8 only
     dtype: str
     n: int
@@ -45,11 +48,14 @@ def pack_matrix(w: Stored | np.ndarray, dtype: str | None = None) -> PackedMatri
     data = stored.data
     n, k = data.shape
     padded_n = -(-n // PANEL) * PANEL
-    padded = np.zeros((padded_n, k), dtype=data.dtype)
-    padded[:n] = data
-    panels = padded.reshape(padded_n // PANEL, PANEL, k).transpose(0, 2, 1)  # (np, k, 16)
+    padded_k = k + k % 2 if stored.dtype == "int8" else k
+    padded = np.zeros((padded_n, padded_k), dtype=data.dtype)
+    padded[:n, :k] = data
+    panels = padded.reshape(padded_n // PANEL, PANEL, padded_k).transpose(0, 2, 1)  # (np, k, 16)
     if stored.dtype == "bfloat16":
         panels = panels[:, :, _BF16_ORDER]
+    elif stored.dtype == "int8":  # pairs of k: panels[p][kk // 2][l][kk % 2]
+        panels = panels.reshape(padded_n // PANEL, padded_k // 2, 2, PANEL).transpose(0, 1, 3, 2)
     out = aligned_empty(panels.size, STORAGE[stored.dtype])
     out[:] = panels.reshape(-1)
     return PackedMatrix(out, stored.scale, stored.dtype, n, k)

@@ -17,9 +17,10 @@ def has_avx2():
     return bool(fl_matmul_has_avx2())
 
 
-def packed_size(int n, int k):
-    """Elements in the packed form of a weight W (n, k)."""
-    return fl_packed_size(n, k)
+def packed_size(int n, int k, str dtype="float32"):
+    """Elements in the packed form of a weight W (n, k) stored as `dtype`."""
+    from fastlstm.precision import TYPE_CODES
+    return fl_packed_size(TYPE_CODES[dtype], n, k)
 
 
 cdef int row_stride(a, str name) except -1:
@@ -38,8 +39,9 @@ cdef int row_stride(a, str name) except -1:
 
 
 def matmul(x, packed, bias=None, y=None, bint accumulate=False, bint force_scalar=False):
-    """y (m, n) := (y if accumulate else 0) + x (m, k) . W^T (* scale) + bias, for W a
-    fastlstm.pack.PackedMatrix (n, k) in any precision.
+    """y (m, n) := (y if accumulate else 0) + x (m, k) . W^T + bias, for W a
+    fastlstm.pack.PackedMatrix (n, k) in any precision (int8: W = q * scale, multiplied by x
+    rounded to int16 per row, see matmul.h).
 
     x and y may be views whose rows are further apart than their widths (ldx > k, ldy > n).
     y is allocated when None (then accumulate must be False).  Returns y.

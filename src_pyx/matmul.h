@@ -13,15 +13,17 @@
  * result for (r, j) is bitwise the same however many rows are computed together.
  * float(W) is exact for every storage type (a half, a bfloat16 and an int8 are all floats),
  * so the AVX2/FMA/F16C kernels (chosen at run time) and the portable scalar path (fmaf in
- * the same order) agree bitwise too.  int8 weights carry one float32 scale per output row
- * (W[j, :] = q[j, :] * scale[j]), applied once to the finished sum.
+ * the same order) agree bitwise too.  int8 weights are the exception: they multiply x
+ * rounded to 16-bit integers, exactly, in integer arithmetic (see "int8 weights" below).
  *
  * Packed layout: W (n, k) row-major, as PyTorch stores a weight, becomes panels of 16
  * outputs,  packed[p][kk][0:16] = W[16p + 0..15, kk]  (zeros past n), contiguous, so a
  * kernel reads one 16-weight row per panel per kk.  bfloat16 panel rows are interleaved
  * (W[16p + 0], W[16p + 8], W[16p + 1], W[16p + 9], ...) so that one 32-byte load yields
  * both halves with one shift and one mask.  fastlstm.pack builds the panels (NumPy);
- * fl_panel_slot() is the layout's one definition on the C side.  Panels are 64-byte aligned.
+ * fl_panel_slot() is the layout's one definition on the C side.  int8 panel rows hold pairs
+ * of k instead: packed[p][kk/2][l][kk%2] = q[16p + l, kk], k padded to even with zeros (one
+ * 32-byte row is 16 outputs x 2 k, what vpmaddwd multiplies).  Panels are 64-byte aligned.
  *
  * The arithmetic above is written with explicit fma intrinsics / fmaf and plain adds, never
  * as a*b + c, so -ffp-contract cannot change it; -ffast-math (reassociation) would, hence
@@ -30,9 +32,11 @@
 #ifndef FASTLSTM_MATMUL_H
 #define FASTLSTM_MATMUL_H
 
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__FAST_MATH__)
@@ -53,7 +57,7 @@ enum fl_wtype { FL_F32 = 0, FL_F16 = 1, FL_BF16 = 2, FL_I8 = 3 };
 
 /* A weight W (n, k) packed for fl_matmul. */
 typedef struct {
-    const void *panels;  /* fl_packed_size(n, k) elements of `type`, 64-byte aligned */
+    const void *panels;  /* fl_packed_size(type, n, k) elements of `type`, 64-byte aligned */
     const float *scale;  /* (n,) FL_I8 only: W[j, :] = q[j, :] * scale[j]; NULL otherwise */
     int type;            /* enum fl_wtype */
     int n, k;
@@ -64,12 +68,18 @@ static inline size_t fl_wtype_size(int type)
     return type == FL_F32 ? 4 : type == FL_I8 ? 1 : 2;
 }
 
-/* Elements needed for W (n, k) in the panel layout. */
-static inline size_t fl_packed_size(int n, int k)
+/* The panels' depth: k, or k rounded up to even for int8 (whose rows hold pairs of k). */
+static inline int fl_packed_k(int type, int k)
+{
+    return type == FL_I8 ? k + (k & 1) : k;
+}
+
+/* Elements needed for W (n, k) of `type` in the panel layout. */
+static inline size_t fl_packed_size(int type, int n, int k)
 {
     if (n <= 0 || k <= 0)
         return 0;
-    return (size_t)((n + FL_PANEL - 1) / FL_PANEL) * FL_PANEL * (size_t)k;
+    return (size_t)((n + FL_PANEL - 1) / FL_PANEL) * FL_PANEL * (size_t)fl_packed_k(type, k);
 }
 
 /* Where output l (0..15) of a panel row sits within that row. */
@@ -125,14 +135,12 @@ static inline float fl_element(const void *data, int type, size_t i)
 
 /* ------------------------------------------------------------------ shared epilogue */
 
-/* y[0:count] := (or +=) acc[0:count] (* scale[0:count]) (+ bias[0:count]), one by one. */
-static inline void fl_store_scalar(const float *acc, int count, const float *scale,
-                                   const float *bias, int accumulate, float *y)
+/* y[0:count] := (or +=) acc[0:count] (+ bias[0:count]), one by one. */
+static inline void fl_store_scalar(const float *acc, int count, const float *bias,
+                                   int accumulate, float *y)
 {
     for (int l = 0; l < count; l++) {
         float v = acc[l];
-        if (scale)
-            v = v * scale[l];
         if (bias)
             v = v + bias[l];
         y[l] = accumulate ? y[l] + v : v;
@@ -141,9 +149,10 @@ static inline void fl_store_scalar(const float *acc, int count, const float *sca
 
 /* --------------------------------------------------------------------- scalar path */
 
-/* The reference: same chain per output as the AVX2 kernels, with fmaf. */
-static void fl_matmul_scalar(int m, const fl_matrix *W, const float *x, int ldx,
-                             const float *bias, int accumulate, float *y, int ldy)
+/* The reference for float32, float16 and bfloat16 weights: the same chain per output as
+ * the AVX2 kernels, with fmaf. */
+static void fl_matmul_float_scalar(int m, const fl_matrix *W, const float *x, int ldx,
+                                   const float *bias, int accumulate, float *y, int ldy)
 {
     int n = W->n, k = W->k, type = W->type;
     int np = (n + FL_PANEL - 1) / FL_PANEL;
@@ -165,8 +174,141 @@ static void fl_matmul_scalar(int m, const fl_matrix *W, const float *x, int ldx,
             }
             int j0 = p * FL_PANEL;
             int count = n - j0 < FL_PANEL ? n - j0 : FL_PANEL;
-            fl_store_scalar(acc, count, W->scale ? W->scale + j0 : NULL,
-                            bias ? bias + j0 : NULL, accumulate, y + (size_t)r * ldy + j0);
+            fl_store_scalar(acc, count, bias ? bias + j0 : NULL, accumulate,
+                            y + (size_t)r * ldy + j0);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------- int8 weights
+ *
+ * Converting int8 weights to floats takes two vector instructions per 8 weights (sign-
+ * extend, convert), which kept a float32 kernel at about half the speed its bytes allow.
+ * So int8 weights multiply integers: each row of x is rounded to 16 bits with its own
+ * scale, vpmaddwd multiplies 16 pairs at once, and the integer sums are exact:
+ *
+ *     a = max_kk |x[r, kk]|,  sx = a / 32767  (double)
+ *     xq[r, kk] = rint(x[r, kk] * (32767 / a))   (double product; |xq| <= 32767; 0 if a = 0)
+ *     s = sum_kk q[j, kk] * xq[r, kk]             (exact, in any order)
+ *     v = (float)((double)s * ((double)scale[j] * sx));  v + bias[j];  y = v or y + v
+ *
+ * The one rounding beyond the weights' own is x's: at most 2^-16 of the row's largest
+ * magnitude per element, against the 2^-8 of the int8 weights.  A row of x holding an inf
+ * or NaN gets sx = NaN: all its outputs are NaN.  Exact sums make the AVX2 kernels and the
+ * scalar path agree bitwise, and a row's result independent of the other rows.  The AVX2
+ * kernels sum int32 over at most FL_I8_CHUNK pairs of k (|s| < 512 * 127 * 32768 < 2^31)
+ * and add those partial sums in double (exact below 2^53).
+ */
+
+#define FL_I8_XMAX 32767
+#define FL_I8_CHUNK 256       /* pairs of k per int32 partial sum */
+#define FL_I8_BLOCK 48        /* rows of x quantized at a time */
+#define FL_I8_STACK_XQ 8192   /* int16 elements of quantized x kept on the stack */
+
+/* The row scale sx = max|x| / 32767 from max|x| and whether every element is finite, and
+ * the factor x is multiplied by before rounding, 32767 / max|x| (*inverse).  An all-zero
+ * row: both 0.  A row holding an inf or NaN: sx = NaN, and every xq is 0. */
+static inline double fl_i8_scales(float amax, int finite, double *inverse)
+{
+    if (!finite) {
+        *inverse = 0.0;
+        return NAN;
+    }
+    *inverse = amax == 0.0f ? 0.0 : FL_I8_XMAX / (double)amax;
+    return (double)amax / FL_I8_XMAX;
+}
+
+static inline int16_t fl_i8_quantize(float x, double inverse)
+{
+    return inverse == 0.0 ? 0 : (int16_t)lrint((double)x * inverse);
+}
+
+/* max|x[0:k]| over the finite elements (*amax) and whether all are finite. */
+static inline int fl_i8_row_max_scalar(const float *x, int k, float *amax)
+{
+    int finite = 1;
+    *amax = 0.0f;
+    for (int kk = 0; kk < k; kk++) {
+        float a = fabsf(x[kk]);
+        if (!(a <= FLT_MAX))
+            finite = 0;
+        else if (a > *amax)
+            *amax = a;
+    }
+    return finite;
+}
+
+/* xq[0:kp] := x[0:k] rounded to int16 (zeros past k); returns the row's sx (see above). */
+static inline double fl_i8_quantize_row_scalar(const float *x, int k, int kp, int16_t *xq)
+{
+    float amax;
+    int finite = fl_i8_row_max_scalar(x, k, &amax);
+    double inverse, sx = fl_i8_scales(amax, finite, &inverse);
+    for (int kk = 0; kk < kp; kk++)
+        xq[kk] = kk < k ? fl_i8_quantize(x[kk], inverse) : 0;
+    return sx;
+}
+
+/* y[0:count] := (or +=) sums[0:count] scaled as above, + bias. */
+static inline void fl_i8_store_scalar(const double *sums, int count, const float *scale,
+                                      double sx, const float *bias, int accumulate, float *y)
+{
+    for (int l = 0; l < count; l++) {
+        float v = (float)(sums[l] * ((double)scale[l] * sx));
+        if (bias)
+            v = v + bias[l];
+        y[l] = accumulate ? y[l] + v : v;
+    }
+}
+
+/* Rows [0, mb) of y from quantized rows xq (kp apart) and their sx: the reference loop. */
+static void fl_i8_block_scalar(int mb, const fl_matrix *W, const int16_t *xq, int kp,
+                               const double *sx, const float *bias, int accumulate, float *y,
+                               int ldy)
+{
+    const int8_t *q = (const int8_t *)W->panels;
+    int n = W->n, np = (n + FL_PANEL - 1) / FL_PANEL, pairs = kp / 2;
+    double sums[FL_PANEL];
+    for (int r = 0; r < mb; r++) {
+        const int16_t *xr = xq + (size_t)r * kp;
+        for (int p = 0; p < np; p++) {
+            const int8_t *panel = q + (size_t)p * pairs * 2 * FL_PANEL;
+            for (int l = 0; l < FL_PANEL; l++) {
+                int64_t s = 0;
+                for (int c = 0; c < pairs; c++)
+                    s += panel[(size_t)c * 2 * FL_PANEL + 2 * l] * (int64_t)xr[2 * c] +
+                         panel[(size_t)c * 2 * FL_PANEL + 2 * l + 1] * (int64_t)xr[2 * c + 1];
+                sums[l] = (double)s;
+            }
+            int j0 = p * FL_PANEL;
+            int count = n - j0 < FL_PANEL ? n - j0 : FL_PANEL;
+            fl_i8_store_scalar(sums, count, W->scale + j0, sx[r], bias ? bias + j0 : NULL,
+                               accumulate, y + (size_t)r * ldy + j0);
+        }
+    }
+}
+
+/* The same results without a buffer for x (each xq element rounded where it is used):
+ * fl_matmul_i8's path when it cannot allocate one. */
+static void fl_i8_unbuffered_scalar(int m, const fl_matrix *W, const float *x, int ldx,
+                                    const float *bias, int accumulate, float *y, int ldy)
+{
+    const int8_t *q = (const int8_t *)W->panels;
+    int n = W->n, k = W->k, pairs = fl_packed_k(FL_I8, k) / 2;
+    for (int r = 0; r < m; r++) {
+        const float *xr = x + (size_t)r * ldx;
+        float amax;
+        int finite = fl_i8_row_max_scalar(xr, k, &amax);
+        double inverse, sx = fl_i8_scales(amax, finite, &inverse);
+        for (int j = 0; j < n; j++) {
+            const int8_t *panel = q + (size_t)(j / FL_PANEL) * pairs * 2 * FL_PANEL;
+            int64_t s = 0;
+            for (int kk = 0; kk < k; kk++)
+                s += panel[(size_t)(kk / 2) * 2 * FL_PANEL + 2 * (j % FL_PANEL) + kk % 2] *
+                     (int64_t)fl_i8_quantize(xr[kk], inverse);
+            double sum = (double)s;
+            fl_i8_store_scalar(&sum, 1, W->scale + j, sx, bias ? bias + j : NULL, accumulate,
+                               y + (size_t)r * ldy + j);
         }
     }
 }
@@ -197,7 +339,8 @@ static inline void fl_gather_rows_scalar(const void *table, int type, const floa
 #define FL_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define FL_AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
 
-/* The 16 weights of one panel row as two float vectors: outputs 0..7 and 8..15. */
+/* The 16 weights of one float32, float16 or bfloat16 panel row as two float vectors:
+ * outputs 0..7 and 8..15. */
 FL_AVX2_INLINE void fl_load16(const int type, const char *row, __m256 *lo, __m256 *hi)
 {
     if (type == FL_F32) {
@@ -206,16 +349,13 @@ FL_AVX2_INLINE void fl_load16(const int type, const char *row, __m256 *lo, __m25
     } else if (type == FL_F16) {
         *lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)row));
         *hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 16)));
-    } else if (type == FL_BF16) {
-        /* 32-bit lane i holds (W[i], W[8 + i]) in its (low, high) halves: a bfloat16 is
-         * the top half of a float, so shifting left gives W[i], masking gives W[8 + i]. */
+    } else {
+        /* FL_BF16: 32-bit lane i holds (W[i], W[8 + i]) in its (low, high) halves: a
+         * bfloat16 is the top half of a float, so shifting left gives W[i], masking gives
+         * W[8 + i]. */
         __m256i v = _mm256_loadu_si256((const __m256i *)row);
         *lo = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
         *hi = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u)));
-    } else {
-        *lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)row)));
-        *hi = _mm256_cvtepi32_ps(
-            _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(row + 8))));
     }
 }
 
@@ -287,8 +427,6 @@ FL_AVX2_INLINE void fl_tile_avx2(const int TYPE, const int MR, const int NP, con
             int j = (p0 + (h >> 1)) * FL_PANEL + 8 * (h & 1);
             if (j + 8 <= n) {
                 __m256 v = acc[i][h];
-                if (W->scale)
-                    v = _mm256_mul_ps(v, _mm256_loadu_ps(W->scale + j));
                 if (bias)
                     v = _mm256_add_ps(v, _mm256_loadu_ps(bias + j));
                 if (accumulate)
@@ -297,8 +435,7 @@ FL_AVX2_INLINE void fl_tile_avx2(const int TYPE, const int MR, const int NP, con
             } else if (j < n) {
                 float tmp[8];
                 _mm256_storeu_ps(tmp, acc[i][h]);
-                fl_store_scalar(tmp, n - j, W->scale ? W->scale + j : NULL,
-                                bias ? bias + j : NULL, accumulate, yr + j);
+                fl_store_scalar(tmp, n - j, bias ? bias + j : NULL, accumulate, yr + j);
             }
         }
     }
@@ -334,7 +471,6 @@ typedef void (*fl_tile_fn)(const fl_matrix *, int, const float *, int, const flo
 FL_TILES(FL_F32)
 FL_TILES(FL_F16)
 FL_TILES(FL_BF16)
-FL_TILES(FL_I8)
 #undef FL_TILES
 #undef FL_TILE_FN
 
@@ -344,7 +480,6 @@ static inline fl_tile_fn fl_tile_avx2_for(int type, int mr, int np)
     switch (type) {
     case FL_F16: return fl_tiles_FL_F16[mr][np];
     case FL_BF16: return fl_tiles_FL_BF16[mr][np];
-    case FL_I8: return fl_tiles_FL_I8[mr][np];
     default: return fl_tiles_FL_F32[mr][np];
     }
 }
@@ -377,6 +512,182 @@ static FL_AVX2 void fl_matmul_avx2(int m, const fl_matrix *W, const float *x, in
             for (int p = g0; p < g1; p += tp) {
                 int cnt = g1 - p < tp ? g1 - p : tp;
                 fl_tile_avx2_for(W->type, mr, cnt)(W, p, xr, ldx, bias, accumulate, yr, ldy);
+            }
+        }
+    }
+}
+
+/* fl_i8_quantize_row_scalar, vectorized (the same values: max is exact in any order, and
+ * cvtpd2dq rounds as lrint does, in the current rounding mode). */
+static FL_AVX2 double fl_i8_quantize_row_avx2(const float *x, int k, int kp, int16_t *xq)
+{
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 largest = _mm256_set1_ps(FLT_MAX);
+    __m256 vmax = _mm256_setzero_ps(), vbad = _mm256_setzero_ps();
+    int k8 = k / 8 * 8;
+    for (int kk = 0; kk < k8; kk += 8) {
+        __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + kk), magnitude);
+        vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(a, largest, _CMP_NLE_UQ)); /* inf, NaN */
+        vmax = _mm256_max_ps(vmax, a);
+    }
+    float lanes[8], amax = 0.0f;
+    int finite = fl_i8_row_max_scalar(x + k8, k - k8, &amax) && !_mm256_movemask_ps(vbad);
+    _mm256_storeu_ps(lanes, vmax);
+    for (int l = 0; l < 8; l++)
+        amax = lanes[l] > amax ? lanes[l] : amax;
+    double inverse, sx = fl_i8_scales(amax, finite, &inverse);
+    if (inverse == 0.0) {
+        memset(xq, 0, (size_t)kp * sizeof(int16_t));
+        return sx;
+    }
+    __m256d f = _mm256_set1_pd(inverse);
+    for (int kk = 0; kk < k8; kk += 8) {
+        __m128i lo = _mm256_cvtpd_epi32(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + kk)), f));
+        __m128i hi =
+            _mm256_cvtpd_epi32(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + kk + 4)), f));
+        _mm_storeu_si128((__m128i *)(xq + kk), _mm_packs_epi32(lo, hi));
+    }
+    for (int kk = k8; kk < kp; kk++)
+        xq[kk] = kk < k ? fl_i8_quantize(x[kk], inverse) : 0;
+    return sx;
+}
+
+/* int8 register tile: MR rows x NP panels, 2*MR*NP ymm int32 accumulators (8 outputs each),
+ * over quantized rows xq (ldq apart, scales sx) and panels p0 .. p0+NP-1.  Per pair of k,
+ * a panel row is 32 bytes: two sign-extends to 16 int16 pairs, one vpmaddwd + add per
+ * half and row. */
+FL_AVX2_INLINE void fl_tile_i8_avx2(const int MR, const int NP, const fl_matrix *W, int p0,
+                                    const int16_t *xq, int ldq, const double *sx,
+                                    const float *bias, int accumulate, float *y, int ldy)
+{
+    __m256i acc[6][8];
+    double sums[6][4 * FL_PANEL];
+    const int8_t *w[4];
+    const int n = W->n, pairs = fl_packed_k(FL_I8, W->k) / 2;
+    const size_t row_bytes = 2 * FL_PANEL, pstride = (size_t)pairs * row_bytes;
+    const size_t ahead = FL_PREFETCH_BYTES;
+
+#pragma GCC unroll 4
+    for (int q = 0; q < NP; q++)
+        w[q] = (const int8_t *)W->panels + (size_t)(p0 + q) * pstride;
+
+    for (int c0 = 0; c0 < pairs; c0 += FL_I8_CHUNK) {
+        const int c1 = pairs - c0 < FL_I8_CHUNK ? pairs : c0 + FL_I8_CHUNK;
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+            for (int h = 0; h < 2 * NP; h++)
+                acc[i][h] = _mm256_setzero_si256();
+        for (int c = c0; c < c1; c++) {
+            const size_t off = (size_t)c * row_bytes;
+            __m256i xb[6];
+#pragma GCC unroll 6
+            for (int i = 0; i < MR; i++) {
+                int32_t pair; /* (xq[2c], xq[2c + 1]) */
+                memcpy(&pair, xq + (size_t)i * ldq + 2 * (size_t)c, sizeof pair);
+                xb[i] = _mm256_set1_epi32(pair);
+            }
+            if (NP == 1 && (off & 63) == 0) /* see fl_tile_avx2 */
+                _mm_prefetch((const char *)w[0] + off + ahead, _MM_HINT_T0);
+#pragma GCC unroll 4
+            for (int q = 0; q < NP; q++) {
+                __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w[q] + off)));
+                __m256i w1 =
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w[q] + off + 16)));
+#pragma GCC unroll 6
+                for (int i = 0; i < MR; i++) {
+                    acc[i][2 * q] = _mm256_add_epi32(acc[i][2 * q], _mm256_madd_epi16(xb[i], w0));
+                    acc[i][2 * q + 1] =
+                        _mm256_add_epi32(acc[i][2 * q + 1], _mm256_madd_epi16(xb[i], w1));
+                }
+            }
+        }
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+            for (int h = 0; h < 2 * NP; h++) {
+                double *d = sums[i] + 8 * h;
+                __m256d lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(acc[i][h]));
+                __m256d hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256(acc[i][h], 1));
+                if (c0) {
+                    lo = _mm256_add_pd(_mm256_loadu_pd(d), lo);
+                    hi = _mm256_add_pd(_mm256_loadu_pd(d + 4), hi);
+                }
+                _mm256_storeu_pd(d, lo);
+                _mm256_storeu_pd(d + 4, hi);
+            }
+    }
+
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++) {
+        float *yr = y + (size_t)i * ldy;
+        const __m256d s = _mm256_set1_pd(sx[i]);
+#pragma GCC unroll 8
+        for (int h = 0; h < 2 * NP; h++) {
+            int j = (p0 + (h >> 1)) * FL_PANEL + 8 * (h & 1);
+            const double *d = sums[i] + 8 * h;
+            if (j + 8 <= n) {
+                /* (float)(sum * ((double)scale[j] * sx)), 4 at a time */
+                __m256d c0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(W->scale + j)), s);
+                __m256d c1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(W->scale + j + 4)), s);
+                __m128 v0 = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(d), c0));
+                __m128 v1 = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(d + 4), c1));
+                __m256 v = _mm256_set_m128(v1, v0);
+                if (bias)
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(bias + j));
+                if (accumulate)
+                    v = _mm256_add_ps(_mm256_loadu_ps(yr + j), v);
+                _mm256_storeu_ps(yr + j, v);
+            } else if (j < n) {
+                fl_i8_store_scalar(d, n - j, W->scale + j, sx[i], bias ? bias + j : NULL,
+                                   accumulate, yr + j);
+            }
+        }
+    }
+}
+
+typedef void (*fl_tile_i8_fn)(const fl_matrix *, int, const int16_t *, int, const double *,
+                              const float *, int, float *, int);
+
+#define FL_TILE_I8_FN(MR, NP)                                                               \
+    static __attribute__((noinline, target("avx2,fma,f16c"))) void fl_tile_i8_##MR##x##NP(  \
+        const fl_matrix *W, int p0, const int16_t *xq, int ldq, const double *sx,           \
+        const float *bias, int accumulate, float *y, int ldy)                               \
+    {                                                                                       \
+        fl_tile_i8_avx2(MR, NP, W, p0, xq, ldq, sx, bias, accumulate, y, ldy);              \
+    }
+FL_TILE_I8_FN(1, 1) FL_TILE_I8_FN(1, 2) FL_TILE_I8_FN(1, 3) FL_TILE_I8_FN(1, 4)
+FL_TILE_I8_FN(2, 1) FL_TILE_I8_FN(2, 2) FL_TILE_I8_FN(2, 3) FL_TILE_I8_FN(3, 1)
+FL_TILE_I8_FN(3, 2) FL_TILE_I8_FN(4, 1) FL_TILE_I8_FN(5, 1) FL_TILE_I8_FN(6, 1)
+#undef FL_TILE_I8_FN
+static const fl_tile_i8_fn fl_tiles_i8[7][5] = {
+    {0, 0, 0, 0, 0},
+    {0, fl_tile_i8_1x1, fl_tile_i8_1x2, fl_tile_i8_1x3, fl_tile_i8_1x4},
+    {0, fl_tile_i8_2x1, fl_tile_i8_2x2, fl_tile_i8_2x3, 0},
+    {0, fl_tile_i8_3x1, fl_tile_i8_3x2, 0, 0},
+    {0, fl_tile_i8_4x1, 0, 0, 0},
+    {0, fl_tile_i8_5x1, 0, 0, 0},
+    {0, fl_tile_i8_6x1, 0, 0, 0},
+};
+
+/* fl_i8_block_scalar on the tiles, walked as fl_matmul_avx2 walks them. */
+static FL_AVX2 void fl_i8_block_avx2(int mb, const fl_matrix *W, const int16_t *xq, int kp,
+                                     const double *sx, const float *bias, int accumulate,
+                                     float *y, int ldy)
+{
+    int np = (W->n + FL_PANEL - 1) / FL_PANEL;
+    size_t panel_bytes = (size_t)kp * FL_PANEL;
+    int group = (int)((512 * 1024) / panel_bytes);
+    group = group < 4 ? 4 : group < 12 ? group : group / 12 * 12;
+    for (int g0 = 0; g0 < np; g0 += group) {
+        int g1 = g0 + group < np ? g0 + group : np;
+        for (int r0 = 0; r0 < mb; r0 += 6) {
+            int mr = mb - r0 < 6 ? mb - r0 : 6;
+            int tp = fl_tile_panels(mr);
+            for (int p = g0; p < g1; p += tp) {
+                int cnt = g1 - p < tp ? g1 - p : tp;
+                fl_tiles_i8[mr][cnt](W, p, xq + (size_t)r0 * kp, kp, sx + r0, bias, accumulate,
+                                     y + (size_t)r0 * ldy, ldy);
             }
         }
     }
@@ -432,8 +743,55 @@ static inline int fl_matmul_has_avx2(void)
 #endif
 }
 
+/* fl_matmul for int8 weights (see "int8 weights"): x quantized FL_I8_BLOCK rows at a time
+ * into a buffer on the stack (small k) or the heap, then the tiles (avx2) or the scalar loop
+ * over each block. */
+static void fl_matmul_i8(int m, const fl_matrix *W, const float *x, int ldx, const float *bias,
+                         int accumulate, float *y, int ldy, int avx2)
+{
+    int k = W->k, kp = fl_packed_k(FL_I8, k);
+    int16_t on_stack[FL_I8_STACK_XQ];
+    double sx[FL_I8_BLOCK];
+    int16_t *xq = on_stack, *on_heap = NULL;
+    int block = FL_I8_STACK_XQ / kp;
+    if (block > FL_I8_BLOCK)
+        block = FL_I8_BLOCK;
+    if (block < m && block < FL_I8_BLOCK) {
+        block = m < FL_I8_BLOCK ? m : FL_I8_BLOCK;
+        on_heap = (int16_t *)malloc((size_t)block * kp * sizeof(int16_t));
+        if (!on_heap) {
+            fl_i8_unbuffered_scalar(m, W, x, ldx, bias, accumulate, y, ldy);
+            return;
+        }
+        xq = on_heap;
+    }
+    for (int r0 = 0; r0 < m; r0 += block) {
+        int mb = m - r0 < block ? m - r0 : block;
+        for (int i = 0; i < mb; i++) {
+            const float *xr = x + (size_t)(r0 + i) * ldx;
+            int16_t *qr = xq + (size_t)i * kp;
+#if FL_HAVE_AVX2_PATH
+            if (avx2) {
+                sx[i] = fl_i8_quantize_row_avx2(xr, k, kp, qr);
+                continue;
+            }
+#endif
+            sx[i] = fl_i8_quantize_row_scalar(xr, k, kp, qr);
+        }
+#if FL_HAVE_AVX2_PATH
+        if (avx2) {
+            fl_i8_block_avx2(mb, W, xq, kp, sx, bias, accumulate, y + (size_t)r0 * ldy, ldy);
+            continue;
+        }
+#endif
+        fl_i8_block_scalar(mb, W, xq, kp, sx, bias, accumulate, y + (size_t)r0 * ldy, ldy);
+    }
+    free(on_heap);
+}
+
 /* y[r, j] := v, or y[r, j] + v when accumulate, where v = sum_kk x[r, kk] * W[j, kk]
- * (* scale[j]) (+ bias[j]) is the fixed fma chain described above, for r < m, j < W->n.
+ * (+ bias[j]) is the fixed fma chain described above (int8: the exact integer sum), for
+ * r < m, j < W->n.
  * x (m, k) has rows ldx floats apart, y (m, n) rows ldy apart; bias (n,) or NULL.
  * Single-threaded and stateless: callers split rows (or panels) across threads. */
 static inline void fl_matmul(int m, const fl_matrix *W, const float *x, int ldx,
@@ -441,13 +799,30 @@ static inline void fl_matmul(int m, const fl_matrix *W, const float *x, int ldx,
 {
     if (m <= 0 || W->n <= 0)
         return;
+    int avx2 = fl_matmul_has_avx2();
+    if (W->type == FL_I8) {
+        fl_matmul_i8(m, W, x, ldx, bias, accumulate, y, ldy, avx2);
+        return;
+    }
 #if FL_HAVE_AVX2_PATH
-    if (fl_matmul_has_avx2()) {
+    if (avx2) {
         fl_matmul_avx2(m, W, x, ldx, bias, accumulate, y, ldy);
         return;
     }
 #endif
-    fl_matmul_scalar(m, W, x, ldx, bias, accumulate, y, ldy);
+    fl_matmul_float_scalar(m, W, x, ldx, bias, accumulate, y, ldy);
+}
+
+/* fl_matmul on the portable scalar path, whatever the CPU: for tests. */
+static inline void fl_matmul_scalar(int m, const fl_matrix *W, const float *x, int ldx,
+                                    const float *bias, int accumulate, float *y, int ldy)
+{
+    if (m <= 0 || W->n <= 0)
+        return;
+    if (W->type == FL_I8)
+        fl_matmul_i8(m, W, x, ldx, bias, accumulate, y, ldy, 0);
+    else
+        fl_matmul_float_scalar(m, W, x, ldx, bias, accumulate, y, ldy);
 }
 
 /* rows[i, 0:n] := row ids[i] of `table` (count, n) as floats, times scale[ids[i]] for int8:

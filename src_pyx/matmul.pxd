@@ -1,8 +1,9 @@
 # fastlstm's own deterministic matrix product (matmul.h):  y (+)= x . W^T (* scale) + bias,
-# with W packed once into panels of 16 outputs, stored as float32, float16, bfloat16 or int8
-# (with a float32 scale per output row) and multiplied in float32.  Each y[r, j] is one
-# fixed chain of fused multiply-adds over k, so a row's result is bitwise the same whatever
-# else is computed with it (BLAS's is not).  See matmul.h for the layout.
+# with W packed once into panels of 16 outputs, stored as float32, float16 or bfloat16 and
+# multiplied in float32, or as int8 (a float32 scale per output row) multiplied exactly in
+# integers by x rounded to int16.  Each y[r, j] is one fixed chain of fused multiply-adds
+# over k (int8: an exact sum), so a row's result is bitwise the same whatever else is
+# computed with it (BLAS's is not).  See matmul.h for the layout and the int8 arithmetic.
 
 from libc.stdint cimport int64_t
 
@@ -14,20 +15,20 @@ cdef extern from "matmul.h" nogil:
         FL_I8
 
     ctypedef struct fl_matrix:
-        const void *panels   # fl_packed_size(n, k) elements of `type`, 64-byte aligned
+        const void *panels   # fl_packed_size(type, n, k) elements of `type`, 64-byte aligned
         const float *scale   # (n,) int8 only; NULL otherwise
         int type
         int n
         int k
 
-    # Elements in the packed form of W (n, k).
-    size_t fl_packed_size(int n, int k)
-    # y[r, j] := v (or y[r, j] + v if accumulate), v = sum_kk x[r, kk] W[j, kk] (* scale[j])
-    # (+ bias[j]) as one fma chain over kk, for r < m, j < n; x rows ldx floats apart, y rows
+    # Elements in the packed form of W (n, k) stored as `type`.
+    size_t fl_packed_size(int type, int n, int k)
+    # y[r, j] := v (or y[r, j] + v if accumulate), v = sum_kk x[r, kk] W[j, kk] (+ bias[j])
+    # as one fma chain over kk (int8: exact, on x rounded to int16), for r < m, j < n; x rows ldx floats apart, y rows
     # ldy apart, bias (n,) or NULL.  Single-threaded; callers split rows across threads.
     void fl_matmul(int m, const fl_matrix *W, const float *x, int ldx,
                    const float *bias_or_null, int accumulate, float *y, int ldy)
-    # The same, always on the portable scalar path (fmaf in the same order): for tests.
+    # The same, always on the portable scalar path (bitwise the same results): for tests.
     void fl_matmul_scalar(int m, const fl_matrix *W, const float *x, int ldx,
                           const float *bias_or_null, int accumulate, float *y, int ldy)
     # rows[i, 0:n] := row ids[i] of a row-major (.., n) table of `type`, as floats (int8:

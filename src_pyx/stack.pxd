@@ -86,7 +86,7 @@ cdef inline int fill_matrix(fl_matrix *m, object packed, str name, bint optional
     m.type = TYPE_CODES[packed.dtype]
     m.n, m.k = packed.n, packed.k
     if (panels.dtype != STORAGE[packed.dtype] or panels.ndim != 1
-            or panels.size != fl_packed_size(m.n, m.k)
+            or panels.size != fl_packed_size(m.type, m.n, m.k)
             or panels.ctypes.data % 64 or not panels.flags.c_contiguous):
         raise ValueError(f"{name}: panels of the wrong size or alignment")
     m.panels = <const void *> <size_t> panels.ctypes.data

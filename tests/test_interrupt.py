@@ -16,6 +16,10 @@ CHILD = r"""
 import os, signal, threading, time
 import fastlstm
 
+# Python leaves SIGINT ignored if it started ignored (a test run in a background job of a
+# non-interactive shell): restore Ctrl-C's usual KeyboardInterrupt.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 model = fastlstm.load(num_threads={threads})
 expected = model.generate("ROMEO.", max_new_tokens=30, seed=3)
 sent = []

@@ -12,11 +12,14 @@ that step, whatever the threads, the batch or the way in (generate, generate_ids
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 import fastlstm
+from fastlstm.precision import convert
 from conftest import RNNModel, stored_model
 
 VOCAB = list("abcdefghijklmnop")
@@ -165,3 +168,24 @@ def test_forward_returns_the_overflow_as_torch_does(exploding):
     assert finite.tolist() == (size <= FLOAT32_MAX).tolist()
     assert 50 < finite.sum() < 200
     np.testing.assert_allclose(logits[0, finite], expected[finite], rtol=1e-4)
+
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "int8"])
+def test_every_precision_raises_at_the_overflow(exploding, dtype):
+    """The reduced precisions (int8: its integer products, scaled back to float32) overflow
+    where PyTorch, run in float64 on the weights rounded to that precision, says."""
+    path, ref32 = exploding
+    ref = copy.deepcopy(ref32)
+    with torch.no_grad():
+        for tensor in ref.parameters():
+            if tensor.ndim == 2:
+                rounded = convert(tensor.numpy().astype(np.float32), dtype).to_float32()
+                tensor.copy_(torch.from_numpy(rounded.astype(np.float64)))
+    model = fastlstm.load(path, dtype=dtype, num_threads=1)
+    for prompt in [(0,), (3, 1, 4, 1, 5)]:
+        tokens, step = reference_greedy(ref, list(prompt))
+        out = model.generate_ids([list(prompt)], max_new_tokens=step, temperature=0)
+        assert out[0].tolist() == tokens
+        with pytest.raises(FloatingPointError, match="NaN or infinite logits"):
+            model.generate_ids([list(prompt)], max_new_tokens=step + 1, temperature=0)

@@ -3,8 +3,10 @@
 What each precision promises (fastlstm.precision):
 - the stored values are float32's rounded to nearest even (float16, bfloat16, as PyTorch
   rounds) or symmetric per-row int8, and an int8 model converted back and forth is unchanged;
-- the kernels compute with exactly those values in float32: the AVX2 and scalar paths agree
-  bitwise, and a whole model matches PyTorch (float64) run on the rounded weights;
+- the kernels compute with exactly those values, in float32 (int8: exact integer products
+  with the activations rounded to int16 per row): the AVX2 and scalar paths agree bitwise
+  with an emulation of that arithmetic, and a whole model matches PyTorch (float64) run on
+  the rounded weights;
 - the result is close to float32: fp16 logits within 1e-2, the bundled model's validation
   loss within 0.5% (float16, bfloat16) and 2% (int8).
 """
@@ -91,35 +93,92 @@ def test_dtype_names():
 # ---------------------------------------------------------------------------- kernels
 
 
-def fma_chain(x, values, scale=None, bias=None):
-    """matmul.h's definition, emulated: acc = fma(x, w, acc) over k from 0 (a float64 add
-    rounded to float32 is the fma: float32 products are exact in float64), then * scale,
+def fma_chain(x, values, bias=None):
+    """matmul.h's definition for float weights, emulated: acc = fma(x, w, acc) over k from 0
+    (a float64 add rounded to float32 is the fma: float32 products are exact in float64),
     then + bias."""
     x64, w64 = x.astype(np.float64), values.astype(np.float64)
     acc = np.zeros((x.shape[0], values.shape[0]), dtype=np.float32)
     for kk in range(x.shape[1]):
         acc = (np.outer(x64[:, kk], w64[:, kk]) + acc).astype(np.float32)
-    if scale is not None:
-        acc = acc * scale
     if bias is not None:
         acc = acc + bias
     return acc
 
 
+def int8_products(x, stored, bias=None):
+    """matmul.h's definition for int8 weights, emulated: each row of x rounded to int16 with
+    the factor 32767 / max|x| (in float64, to nearest even), summed exactly against q in
+    int64, then scaled by scale[j] * max|x| / 32767 in float64 and rounded to float32."""
+    amax = np.abs(x).max(axis=1).astype(np.float64)
+    inverse = np.divide(32767.0, amax, out=np.zeros_like(amax), where=amax > 0)
+    xq = np.rint(x.astype(np.float64) * inverse[:, None]).astype(np.int64)
+    sums = (xq @ stored.data.astype(np.int64).T).astype(np.float64)
+    sx = amax / 32767.0
+    out = (sums * (stored.scale.astype(np.float64)[None, :] * sx[:, None])).astype(np.float32)
+    return out if bias is None else out + bias
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m, n, k", [(1, 1, 1), (1, 17, 9), (2, 16, 40), (3, 50, 7),
-                                     (7, 33, 64), (13, 161, 31)])
-def test_kernel_is_the_fma_chain_on_both_paths(dtype, m, n, k):
+                                     (7, 33, 64), (13, 161, 31), (2, 20, 1100)])
+def test_kernel_is_its_definition_on_both_paths(dtype, m, n, k):
     rng = np.random.default_rng([m, n, k])
     x = rng.standard_normal((m, k), dtype=np.float32)
+    x[0] *= 1e-30  # tiny rows are rounded to int16 on their own scale
     bias = rng.standard_normal(n, dtype=np.float32)
     stored = convert(weights(n, k), dtype)
     packed = pack_matrix(stored)
-    values = stored.data.astype(np.float32) if dtype == "int8" else stored.to_float32()
-    expected = fma_chain(x, values, stored.scale, bias)
+    if dtype == "int8":
+        expected = int8_products(x, stored, bias)
+    else:
+        expected = fma_chain(x, stored.to_float32(), bias)
     for force_scalar in (False, True):
         y = _matmul.matmul(x, packed, bias, force_scalar=force_scalar)
         np.testing.assert_array_equal(bits(y), bits(expected))
+
+
+def test_int8_kernel_sums_exactly_past_int32():
+    """k = 3000 of |q| = 127 times |xq| = 32767 sums to 1.2e10, past int32: the kernels sum
+    int32 chunks in double.  Every product has the same sign, so the sum is exactly
+    k * 127 * 32767 * scale * max|x| / 32767."""
+    k = 3000
+    w = np.full((20, k), 0.5, np.float32)
+    w[3] = -2.0
+    stored = convert(w, "int8")
+    assert np.all(np.abs(stored.data) == 127)
+    x = np.full((2, k), 0.25, np.float32)
+    for force_scalar in (False, True):
+        y = _matmul.matmul(x, pack_matrix(stored), force_scalar=force_scalar)
+        np.testing.assert_array_equal(bits(y), bits(int8_products(x, stored)))
+        np.testing.assert_allclose(y, x @ stored.to_float32().T, rtol=1e-6)
+
+
+def test_int8_kernel_rows_with_inf_or_nan_give_nan():
+    stored = convert(weights(40, 30), "int8")
+    x = np.random.default_rng(2).standard_normal((5, 30), dtype=np.float32)
+    x[1, 3], x[3, 29] = np.inf, np.nan
+    x[4] = 0.0
+    for force_scalar in (False, True):
+        y = _matmul.matmul(x, pack_matrix(stored), force_scalar=force_scalar)
+        assert np.isnan(y[[1, 3]]).all()
+        assert not np.isnan(y[[0, 2, 4]]).any() and not y[4].any()
+        clean = _matmul.matmul(x[[0, 2]], pack_matrix(stored), force_scalar=force_scalar)
+        np.testing.assert_array_equal(bits(y[[0, 2]]), bits(clean))
+
+
+@pytest.mark.parametrize("n, k", [(1, 1), (17, 3), (40, 8)])
+def test_int8_panel_layout(n, k):
+    """int8 panel rows hold pairs of k (what vpmaddwd multiplies): panels[p][kk // 2][l][kk % 2]
+    = q[16p + l, kk], with k padded to even and n to 16 by zeros."""
+    stored = convert(weights(n, k), "int8")
+    packed = pack_matrix(stored).panels
+    panels, kp = -(-n // 16), k + k % 2
+    assert packed.shape == (_matmul.packed_size(n, k, "int8"),) == (panels * kp * 16,)
+    q = np.zeros((panels * 16, kp), np.int8)
+    q[:n, :k] = stored.data
+    layout = packed.reshape(panels, kp // 2, 16, 2)  # [p][kk // 2][l][kk % 2]
+    np.testing.assert_array_equal(layout.transpose(0, 2, 1, 3).reshape(panels * 16, kp), q)
 
 
 @pytest.mark.parametrize("dtype", REDUCED)
