@@ -141,13 +141,14 @@ def test_kernel_is_its_definition_on_both_paths(dtype, m, n, k):
 def test_int8_kernel_sums_exactly_past_int32():
     """k = 3000 of |q| = 127 times |xq| = 32767 sums to 1.2e10, past int32: the kernels sum
     int32 chunks in double.  Every product has the same sign, so the sum is exactly
-    k * 127 * 32767 * scale * max|x| / 32767."""
+    k * 127 * 32767 * scale * max|x| / 32767.  Five rows of 3000 do not fit the kernel's
+    stack buffer for quantized x (8192 int16): they go through its heap buffer."""
     k = 3000
     w = np.full((20, k), 0.5, np.float32)
     w[3] = -2.0
     stored = convert(w, "int8")
     assert np.all(np.abs(stored.data) == 127)
-    x = np.full((2, k), 0.25, np.float32)
+    x = np.full((5, k), 0.25, np.float32) * np.arange(1, 6, dtype=np.float32)[:, None]
     for force_scalar in (False, True):
         y = _matmul.matmul(x, pack_matrix(stored), force_scalar=force_scalar)
         np.testing.assert_array_equal(bits(y), bits(int8_products(x, stored)))
