@@ -7,8 +7,9 @@ one-token prompt (row b: id b mod V) and a zero state, so no competitor does any
   fastlstm          model.generate_ids(prompts, max_new_tokens=N, temperature=0.8, seed=...):
                     the whole loop runs in C, Python is entered once per round.
   fastlstm_fp16     the same loop on the model loaded with fastlstm.load(path, dtype=...):
-  fastlstm_bf16     "float16", "bfloat16" or "int8" (per-output-row scales) weights, float32
-  fastlstm_int8     arithmetic.  The file is the same float32 export; load converts.
+  fastlstm_bf16     "float16", "bfloat16" (multiplied in float32) or "int8" (per-output-row
+  fastlstm_int8     scales; multiplied in integers by the inputs rounded to int16 per
+                    vector).  The file is the same float32 export; load converts.
   torch             a Python loop calling the nn.Module one step at a time with its state,
                     torch.softmax, torch.multinomial; torch.set_num_threads(T); inference_mode.
   torch_onednn_off  the same inside torch.backends.mkldnn.flags(enabled=False).

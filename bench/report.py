@@ -359,8 +359,9 @@ def markdown(speed, startup, machine, date, stat) -> str:
               "one-step graph, sampling in NumPy). The floors do only the matrix products "
               "(NumPy's OpenBLAS, threads limited to T) or only one read of the weight bytes per "
               "token (one thread). Weight precisions: fastlstm fp16/bf16/int8 run the same loop "
-              "on the model loaded with `dtype=` float16, bfloat16 or int8 (per-row scales; "
-              "arithmetic in float32); ONNX Runtime int8 runs the same graph after "
+              "on the model loaded with `dtype=` float16, bfloat16 (float32 arithmetic) or "
+              "int8 (per-row scales; integer products with the inputs rounded to int16 per "
+              "vector); ONNX Runtime int8 runs the same graph after "
               "`quantize_dynamic(weight_type=QInt8)` (LSTM ops and the head MatMul quantized; "
               "GRU ops stay float32). See bench/competitors.py.", ""]
     noisy = machine.get("noisy", set())

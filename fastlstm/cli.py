@@ -89,10 +89,11 @@ def _add_export(subparsers) -> None:
         "The model must be an Embedding -> LSTM/GRU/RNN -> Linear language model, like\n"
         "the RNNModel of PyTorch's examples/word_language_model.\n"
         "\n"
-        "--dtype sets how the matrices are stored (biases stay float32); arithmetic is\n"
-        "float32 whatever the storage. At batch 1 each token reads every weight once, so\n"
-        "fewer bytes generate faster: float16/bfloat16 take half the bytes of float32 and\n"
-        "int8 (one float32 scale per output row) a quarter.",
+        "--dtype sets how the matrices are stored (biases stay float32). At batch 1 each\n"
+        "token reads every weight once, so fewer bytes generate faster: float16/bfloat16\n"
+        "take half the bytes of float32 (multiplied in float32) and int8 (one float32 scale\n"
+        "per output row) a quarter (multiplied exactly in integers with the inputs rounded\n"
+        "to 16 bits).",
         "  fastlstm export model.pt -o model.safetensors --rnn-type LSTM\n"
         "  fastlstm export model.pt -o model.safetensors --vocab vocab.json --tokenizer char\n"
         "  fastlstm export model.pt -o model.safetensors --vocab words.txt   # one word per line\n"

@@ -31,9 +31,10 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | None = None,
             state_dict saved with `safetensors.torch.save_file` / `save_model`, whatever its
             module prefixes.  None loads the model that ships with fastlstm.
         dtype: the precision the weights are held in: "float32", "float16", "bfloat16" or
-            "int8" (per-output-row scales).  Arithmetic is float32 in every case; fewer bytes
-            per weight make batch-1 generation faster (see fastlstm.precision).  None keeps
-            the file's precision (float64 and mixed files load as float32).
+            "int8" (per-output-row scales).  Fewer bytes per weight make batch-1 generation
+            faster; float16/bfloat16 multiply in float32, int8 in integers (inputs rounded
+            to 16 bits, sums exact): see fastlstm.precision.  None keeps the file's
+            precision (float64 and mixed files load as float32).
         rnn_type: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU", for files whose shapes and
             metadata cannot tell (plain RNN weights without metadata); must agree with both.
         num_threads: threads per call; None uses OMP_NUM_THREADS or all usable cores.

@@ -1,7 +1,10 @@
 """Weight precisions: how a model's weights are stored, in memory and in files.
 
-The kernels always compute in float32; a precision only says how many bytes each weight
-takes, which at batch 1 is what sets the speed (every token reads every weight once).
+A precision says how many bytes each weight takes, which at batch 1 is what sets the
+speed (every token reads every weight once).  float16 and bfloat16 weights are widened to
+float32 and multiplied in float32; int8 weights are multiplied in integers, by each input
+vector rounded to int16 on its own scale (max |x| -> 32767), with exact sums scaled back
+once (src_pyx/matmul.h, "int8 weights").
 
 - "float32": 4 bytes, exact.
 - "float16": 2 bytes, IEEE half (round to nearest even); |w| must stay below 65504.
