@@ -170,7 +170,6 @@ def test_forward_returns_the_overflow_as_torch_does(exploding):
     np.testing.assert_allclose(logits[0, finite], expected[finite], rtol=1e-4)
 
 
-
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "int8"])
 def test_every_precision_raises_at_the_overflow(exploding, dtype):
     """The reduced precisions (int8: its integer products, scaled back to float32) overflow
