@@ -361,6 +361,17 @@ FL_AVX2_INLINE void fl_load16(const int type, const char *row, __m256 *lo, __m25
     }
 }
 
+/* y[0:8] := v + bias[0:8] (bias may be NULL), or y[0:8] + that when accumulate: the tiles'
+ * epilogue for 8 outputs. */
+FL_AVX2_INLINE void fl_finish8(__m256 v, const float *bias, int accumulate, float *y)
+{
+    if (bias)
+        v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
+    if (accumulate)
+        v = _mm256_add_ps(_mm256_loadu_ps(y), v);
+    _mm256_storeu_ps(y, v);
+}
+
 /* Register tile: MR rows x NP panels (16 outputs each), 2*MR*NP ymm accumulators, over
  * x rows [x, x + (MR-1)*ldx] and panels p0 .. p0+NP-1.  TYPE, MR and NP are compile-time
  * constants at every call site, so the accumulators live in registers. */
@@ -437,12 +448,7 @@ FL_AVX2_INLINE void fl_tile_avx2(const int TYPE, const int MR, const int NP, con
         for (int h = 0; h < 2 * NP; h++) {
             int j = (p0 + (h >> 1)) * FL_PANEL + 8 * (h & 1);
             if (j + 8 <= n) {
-                __m256 v = acc[i][h];
-                if (bias)
-                    v = _mm256_add_ps(v, _mm256_loadu_ps(bias + j));
-                if (accumulate)
-                    v = _mm256_add_ps(_mm256_loadu_ps(yr + j), v);
-                _mm256_storeu_ps(yr + j, v);
+                fl_finish8(acc[i][h], bias ? bias + j : NULL, accumulate, yr + j);
             } else if (j < n) {
                 float tmp[8];
                 _mm256_storeu_ps(tmp, acc[i][h]);
@@ -643,12 +649,7 @@ FL_AVX2_INLINE void fl_tile_i8_avx2(const int MR, const int NP, const fl_matrix 
                 __m256d c1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(W->scale + j + 4)), s);
                 __m128 v0 = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(d), c0));
                 __m128 v1 = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(d + 4), c1));
-                __m256 v = _mm256_set_m128(v1, v0);
-                if (bias)
-                    v = _mm256_add_ps(v, _mm256_loadu_ps(bias + j));
-                if (accumulate)
-                    v = _mm256_add_ps(_mm256_loadu_ps(yr + j), v);
-                _mm256_storeu_ps(yr + j, v);
+                fl_finish8(_mm256_set_m128(v1, v0), bias ? bias + j : NULL, accumulate, yr + j);
             } else if (j < n) {
                 fl_i8_store_scalar(d, n - j, W->scale + j, sx[i], bias ? bias + j : NULL,
                                    accumulate, yr + j);

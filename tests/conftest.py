@@ -281,6 +281,22 @@ def random_rnn_state(rnn: nn.RNNBase, batch: int | None, seed: int):
 # --------------------------------------------------------------------------- comparisons
 
 
+def fma_chain(x, w, bias=None, y=None):
+    """matmul.h's definition for float32/float16/bfloat16 weights W (given as float32),
+    emulated: acc = fma(x[r, kk], W[j, kk], acc) from 0 over kk, then + bias, then y + that.
+    float32 products are exact in float64, so one float64 add rounded to float32 is the fma
+    (double rounding can differ only on exact float32 ties, which random data does not hit)."""
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    acc = np.zeros((x.shape[0], w.shape[0]), dtype=np.float32)
+    for kk in range(x.shape[1]):
+        acc = (np.outer(x64[:, kk], w64[:, kk]) + acc).astype(np.float32)
+    if bias is not None:
+        acc = acc + bias
+    if y is not None:
+        acc = y + acc
+    return acc
+
+
 def assert_close(actual, expected, rel: float, what: str = "", floor: float = 1e-3):
     """max |actual - expected| <= rel * max(max |expected|, floor), with shapes equal."""
     actual = np.asarray(actual)

@@ -17,6 +17,8 @@ import pytest
 from fastlstm import _matmul
 from fastlstm.pack import aligned_empty, pack_matrix
 
+from conftest import fma_chain
+
 NS = [1, 7, 15, 16, 17, 257, 2048 + 3]
 KS = [1, 7, 64, 513]
 
@@ -36,22 +38,6 @@ def problem(m, n, k, seed=0):
     w = rng.standard_normal((n, k), dtype=np.float32)
     bias = rng.standard_normal(n, dtype=np.float32)
     return x, w, bias
-
-
-def fma_chain(x, w, bias=None, y=None):
-    """The kernels' definition, emulated: acc = fma(x[r, kk], W[j, kk], acc) from 0 over kk,
-    then + bias, then y + that.  float32 products are exact in float64, so one float64 add
-    rounded to float32 is the fma (double rounding can differ only on exact float32 ties,
-    which random data does not hit)."""
-    x64, w64 = x.astype(np.float64), w.astype(np.float64)
-    acc = np.zeros((x.shape[0], w.shape[0]), dtype=np.float32)
-    for kk in range(x.shape[1]):
-        acc = (np.outer(x64[:, kk], w64[:, kk]) + acc).astype(np.float32)
-    if bias is not None:
-        acc = acc + bias
-    if y is not None:
-        acc = y + acc
-    return acc
 
 
 def check_close(y, x, w, bias=None, y0=None):

@@ -28,7 +28,7 @@ from fastlstm.precision import DTYPES, FLOAT16_MAX, check_dtype, convert
 from fastlstm.train import validation_rows
 from fastlstm.weights import SCALE_SUFFIX, read_safetensors, write_model_file
 
-from conftest import RNNModel, assert_close, randomize_, torch_forward
+from conftest import RNNModel, assert_close, fma_chain, randomize_, torch_forward
 
 REDUCED = ["float16", "bfloat16", "int8"]
 VALIDATION_TEXT = Path(__file__).parent / "data" / "shakespeare_validation.txt"
@@ -91,19 +91,6 @@ def test_dtype_names():
 
 
 # ---------------------------------------------------------------------------- kernels
-
-
-def fma_chain(x, values, bias=None):
-    """matmul.h's definition for float weights, emulated: acc = fma(x, w, acc) over k from 0
-    (a float64 add rounded to float32 is the fma: float32 products are exact in float64),
-    then + bias."""
-    x64, w64 = x.astype(np.float64), values.astype(np.float64)
-    acc = np.zeros((x.shape[0], values.shape[0]), dtype=np.float32)
-    for kk in range(x.shape[1]):
-        acc = (np.outer(x64[:, kk], w64[:, kk]) + acc).astype(np.float32)
-    if bias is not None:
-        acc = acc + bias
-    return acc
 
 
 def int8_products(x, stored, bias=None):
