@@ -142,6 +142,27 @@ def test_int8_kernel_sums_exactly_past_int32():
         np.testing.assert_allclose(y, x @ stored.to_float32().T, rtol=1e-6)
 
 
+@pytest.mark.parametrize("force_scalar", [False, True])
+def test_int8_kernel_strided_rows_bias_and_accumulate(force_scalar):
+    """70 rows (two blocks of quantized x) read from a wider array whose NaN padding must not
+    be read, added with the bias into a strided y whose borders stay untouched."""
+    m, n, k = 70, 37, 21
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    bias = rng.standard_normal(n, dtype=np.float32)
+    y0 = rng.standard_normal((m, n), dtype=np.float32)
+    stored = convert(weights(n, k), "int8")
+    x_big = np.full((m, k + 5), np.nan, dtype=np.float32)
+    x_big[:, 2:2 + k] = x
+    y_big = np.full((m, n + 11), -7.0, dtype=np.float32)
+    y = y_big[:, 3:3 + n]
+    y[:] = y0
+    _matmul.matmul(x_big[:, 2:2 + k], pack_matrix(stored), bias, y, accumulate=True,
+                   force_scalar=force_scalar)
+    np.testing.assert_array_equal(bits(y), bits(y0 + int8_products(x, stored, bias)))
+    assert (y_big[:, :3] == -7.0).all() and (y_big[:, 3 + n:] == -7.0).all()
+
+
 def test_int8_kernel_rows_with_inf_or_nan_give_nan():
     stored = convert(weights(40, 30), "int8")
     x = np.random.default_rng(2).standard_normal((5, 30), dtype=np.float32)
