@@ -60,7 +60,7 @@ typedef struct {
     const void *panels;  /* fl_packed_size(type, n, k) elements of `type`, 64-byte aligned */
     const float *scale;  /* (n,) FL_I8 only: W[j, :] = q[j, :] * scale[j]; NULL otherwise */
     int type;            /* enum fl_wtype */
-    int n, k;
+    int n, k;            /* k >= 1 (fastlstm.pack never packs an empty matrix) */
 } fl_matrix;
 
 static inline size_t fl_wtype_size(int type)
@@ -509,16 +509,21 @@ static inline int fl_tile_panels(int mr)
     return panels[mr];
 }
 
+/* Panels per group for panels of panel_bytes each.  The tiles walk the panels in
+ * groups of about 512 KB, which stay in L2 while every block of rows runs over them; x is
+ * re-read once per group.  Above 12 panels a group is a multiple of 12, so the 4-, 3- and
+ * 2-panel tiles have no leftovers. */
+static inline int fl_panel_group(size_t panel_bytes)
+{
+    int group = panel_bytes ? (int)((512 * 1024) / panel_bytes) : 12;
+    return group < 4 ? 4 : group < 12 ? group : group / 12 * 12;
+}
+
 static FL_AVX2 void fl_matmul_avx2(int m, const fl_matrix *W, const float *x, int ldx,
                                    const float *bias, int accumulate, float *y, int ldy)
 {
     int np = (W->n + FL_PANEL - 1) / FL_PANEL;
-    /* Panels are walked in groups of about 512 KB, which stay in L2 while every block of
-     * rows runs over them; x (m rows) is re-read once per group.  Above 12 panels a
-     * group is a multiple of 12, so the 4-, 3- and 2-panel tiles have no leftovers. */
-    size_t panel_bytes = (size_t)W->k * FL_PANEL * fl_wtype_size(W->type);
-    int group = panel_bytes ? (int)((512 * 1024) / panel_bytes) : np;
-    group = group < 4 ? 4 : group < 12 ? group : group / 12 * 12;
+    int group = fl_panel_group((size_t)W->k * FL_PANEL * fl_wtype_size(W->type));
     for (int g0 = 0; g0 < np; g0 += group) {
         int g1 = g0 + group < np ? g0 + group : np;
         for (int r0 = 0; r0 < m; r0 += 6) {
@@ -688,9 +693,7 @@ static FL_AVX2 void fl_i8_block_avx2(int mb, const fl_matrix *W, const int16_t *
                                      float *y, int ldy)
 {
     int np = (W->n + FL_PANEL - 1) / FL_PANEL;
-    size_t panel_bytes = (size_t)kp * FL_PANEL;
-    int group = (int)((512 * 1024) / panel_bytes);
-    group = group < 4 ? 4 : group < 12 ? group : group / 12 * 12;
+    int group = fl_panel_group((size_t)kp * FL_PANEL);
     for (int g0 = 0; g0 < np; g0 += group) {
         int g1 = g0 + group < np ? g0 + group : np;
         for (int r0 = 0; r0 < mb; r0 += 6) {

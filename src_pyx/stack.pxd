@@ -85,6 +85,8 @@ cdef inline int fill_matrix(fl_matrix *m, object packed, str name, bint optional
     panels = packed.panels
     m.type = TYPE_CODES[packed.dtype]
     m.n, m.k = packed.n, packed.k
+    if m.n < 1 or m.k < 1:
+        raise ValueError(f"{name}: an empty matrix ({m.n}, {m.k})")
     if (panels.dtype != STORAGE[packed.dtype] or panels.ndim != 1
             or panels.size != fl_packed_size(m.type, m.n, m.k)
             or panels.ctypes.data % 64 or not panels.flags.c_contiguous):

@@ -216,9 +216,12 @@ def test_kernel_refuses_mismatched_panels():
     with pytest.raises(ValueError, match="panels"):
         _matmul.matmul(np.ones((1, 8), np.float32),
                        dataclasses.replace(packed, panels=packed.panels.view(np.int8)))
+    int8 = pack_matrix(convert(weights(20, 8), "int8"))
     with pytest.raises(ValueError, match="scale"):
-        int8 = pack_matrix(convert(weights(20, 8), "int8"))
         _matmul.matmul(np.ones((1, 8), np.float32), dataclasses.replace(int8, scale=None))
+    with pytest.raises(ValueError, match="empty matrix"):  # k = 0 never reaches the kernels
+        _matmul.matmul(np.ones((1, 0), np.float32),
+                       dataclasses.replace(int8, k=0, panels=int8.panels[:0]))
 
 
 # ----------------------------------------------------------------------------- models
