@@ -36,7 +36,6 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 #if defined(__FAST_MATH__)
@@ -202,8 +201,8 @@ static void fl_matmul_float_scalar(int m, const fl_matrix *W, const float *x, in
 
 #define FL_I8_XMAX 32767
 #define FL_I8_CHUNK 256       /* pairs of k per int32 partial sum */
-#define FL_I8_BLOCK 48        /* rows of x quantized at a time */
-#define FL_I8_STACK_XQ 8192   /* int16 elements of quantized x kept on the stack */
+#define FL_I8_BLOCK 48        /* rows of x quantized at a time, at most */
+#define FL_I8_STACK_XQ 16384  /* int16 elements of quantized x, on the stack (32 KB) */
 
 /* The row scale sx = max|x| / 32767 from max|x| and whether every element is finite, and
  * the factor x is multiplied by before rounding, 32767 / max|x| (*inverse).  An all-zero
@@ -289,7 +288,8 @@ static void fl_i8_block_scalar(int mb, const fl_matrix *W, const int16_t *xq, in
 }
 
 /* The same results without a buffer for x (each xq element rounded where it is used):
- * fl_matmul_i8's path when it cannot allocate one. */
+ * fl_matmul_i8's path for rows longer than FL_I8_STACK_XQ, slow but never met by a
+ * recurrent language model's matrices (k is an embedding, hidden or projection size). */
 static void fl_i8_unbuffered_scalar(int m, const fl_matrix *W, const float *x, int ldx,
                                     const float *bias, int accumulate, float *y, int ldy)
 {
@@ -758,28 +758,21 @@ static inline int fl_matmul_has_avx2(void)
 #endif
 }
 
-/* fl_matmul for int8 weights (see "int8 weights"): x quantized FL_I8_BLOCK rows at a time
- * into a buffer on the stack (small k) or the heap, then the tiles (avx2) or the scalar loop
- * over each block. */
+/* fl_matmul for int8 weights (see "int8 weights"): x quantized up to FL_I8_BLOCK rows at a
+ * time into a buffer on the stack, then the tiles (avx2) or the scalar loop over each block. */
 static void fl_matmul_i8(int m, const fl_matrix *W, const float *x, int ldx, const float *bias,
                          int accumulate, float *y, int ldy, int avx2)
 {
     int k = W->k, kp = fl_packed_k(FL_I8, k);
-    int16_t on_stack[FL_I8_STACK_XQ];
-    double sx[FL_I8_BLOCK];
-    int16_t *xq = on_stack, *on_heap = NULL;
     int block = FL_I8_STACK_XQ / kp;
+    if (block == 0) {
+        fl_i8_unbuffered_scalar(m, W, x, ldx, bias, accumulate, y, ldy);
+        return;
+    }
     if (block > FL_I8_BLOCK)
         block = FL_I8_BLOCK;
-    if (block < m && block < FL_I8_BLOCK) {
-        block = m < FL_I8_BLOCK ? m : FL_I8_BLOCK;
-        on_heap = (int16_t *)malloc((size_t)block * kp * sizeof(int16_t));
-        if (!on_heap) {
-            fl_i8_unbuffered_scalar(m, W, x, ldx, bias, accumulate, y, ldy);
-            return;
-        }
-        xq = on_heap;
-    }
+    int16_t xq[FL_I8_STACK_XQ];
+    double sx[FL_I8_BLOCK];
     for (int r0 = 0; r0 < m; r0 += block) {
         int mb = m - r0 < block ? m - r0 : block;
         for (int i = 0; i < mb; i++) {
@@ -801,7 +794,6 @@ static void fl_matmul_i8(int m, const fl_matrix *W, const float *x, int ldx, con
 #endif
         fl_i8_block_scalar(mb, W, xq, kp, sx, bias, accumulate, y + (size_t)r0 * ldy, ldy);
     }
-    free(on_heap);
 }
 
 /* y[r, j] := v, or y[r, j] + v when accumulate, where v = sum_kk x[r, kk] * W[j, kk]

@@ -128,8 +128,8 @@ def test_kernel_is_its_definition_on_both_paths(dtype, m, n, k):
 def test_int8_kernel_sums_exactly_past_int32():
     """k = 3000 of |q| = 127 times |xq| = 32767 sums to 1.2e10, past int32: the kernels sum
     int32 chunks in double.  Every product has the same sign, so the sum is exactly
-    k * 127 * 32767 * scale * max|x| / 32767.  Five rows of 3000 do not fit the kernel's
-    stack buffer for quantized x (8192 int16): they go through its heap buffer."""
+    k * 127 * 32767 * scale * max|x| / 32767.  Five rows of 3000 take the kernel's stack
+    buffer for quantized x (16384 int16) as one block."""
     k = 3000
     w = np.full((20, k), 0.5, np.float32)
     w[3] = -2.0
@@ -140,6 +140,19 @@ def test_int8_kernel_sums_exactly_past_int32():
         y = _matmul.matmul(x, pack_matrix(stored), force_scalar=force_scalar)
         np.testing.assert_array_equal(bits(y), bits(int8_products(x, stored)))
         np.testing.assert_allclose(y, x @ stored.to_float32().T, rtol=1e-6)
+
+
+def test_int8_kernel_rows_longer_than_its_buffer():
+    """k = 16385 does not fit the kernel's stack buffer for quantized x: the buffer-free loop
+    rounds each element where it is used, with the same results."""
+    k = 16385
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, k), dtype=np.float32)
+    bias = rng.standard_normal(20, dtype=np.float32)
+    stored = convert(weights(20, k), "int8")
+    for force_scalar in (False, True):
+        y = _matmul.matmul(x, pack_matrix(stored), bias, force_scalar=force_scalar)
+        np.testing.assert_array_equal(bits(y), bits(int8_products(x, stored, bias)))
 
 
 @pytest.mark.parametrize("force_scalar", [False, True])
