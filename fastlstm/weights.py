@@ -575,7 +575,7 @@ def _check_tokenizer_size(tokenizer_json: str, vocab_size: int) -> None:
 # Writing
 # ---------------------------------------------------------------------------------------------
 
-_SAFETENSORS_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int8": "I8"}
+_SAFETENSORS_DTYPE = {name: code for code, name in _DTYPE_NAMES.items()}  # "int8" -> "I8", ...
 
 
 def write_model_file(path, tensors: dict[str, np.ndarray], metadata: dict[str, str],
