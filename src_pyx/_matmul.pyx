@@ -1,4 +1,3 @@
-# distutils: extra_compile_args = -ffp-contract=off
 # fastlstm._matmul: Python-callable twins of the matmul.h kernels, for tests and benchmarks.
 # The kernels' callers (stack.pxd, the decode loop) cimport them directly; nothing here is
 # public.  Weights come packed by fastlstm.pack.pack_matrix.
@@ -10,6 +9,8 @@ from matmul cimport (fl_gather_rows, fl_gather_rows_scalar, fl_matmul, fl_matmul
 from stack cimport Rows, fill_matrix, fill_rows
 
 import numpy as np
+
+include "isa.pxi"
 
 
 def has_avx2():

@@ -12,8 +12,8 @@
  * whatever the kernel, the number of rows, the row's position or the blocking, so the
  * result for (r, j) is bitwise the same however many rows are computed together.
  * float(W) is exact for every storage type (a half, a bfloat16 and an int8 are all floats),
- * so the AVX2/FMA/F16C kernels (chosen at run time) and the portable scalar path (fmaf in
- * the same order) agree bitwise too.  int8 weights are the exception: they multiply x
+ * so the AVX2/FMA/F16C kernels and the portable scalar path (fmaf in the same order) agree
+ * bitwise too; isa.h says how the path is chosen.  int8 weights are the exception: they multiply x
  * rounded to 16-bit integers, exactly, in integer arithmetic (see "int8 weights" below).
  *
  * Packed layout: W (n, k) row-major, as PyTorch stores a weight, becomes panels of 16
@@ -42,7 +42,9 @@
 #error "matmul.h relies on IEEE arithmetic in a fixed order: do not compile with -ffast-math"
 #endif
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include "isa.h"
+
+#if FL_HAVE_X86_PATHS
 #define FL_HAVE_AVX2_PATH 1
 #include <immintrin.h>
 #else
@@ -574,121 +576,29 @@ static FL_AVX2 double fl_i8_quantize_row_avx2(const float *x, int k, int kp, int
     return sx;
 }
 
-/* int8 register tile: MR rows x NP panels, 2*MR*NP ymm int32 accumulators (8 outputs each),
- * over quantized rows xq (ldq apart, scales sx) and panels p0 .. p0+NP-1.  Per pair of k,
- * a panel row is 32 bytes: two sign-extends to 16 int16 pairs, one vpmaddwd + add per
- * half and row. */
-FL_AVX2_INLINE void fl_tile_i8_avx2(const int MR, const int NP, const fl_matrix *W, int p0,
-                                    const int16_t *xq, int ldq, const double *sx,
-                                    const float *bias, int accumulate, float *y, int ldy)
-{
-    __m256i acc[6][8];
-    double sums[6][4 * FL_PANEL];
-    const int8_t *w[4];
-    const int n = W->n, pairs = fl_packed_k(FL_I8, W->k) / 2;
-    const size_t row_bytes = 2 * FL_PANEL, pstride = (size_t)pairs * row_bytes;
-    const size_t ahead = FL_PREFETCH_BYTES;
-
-#pragma GCC unroll 4
-    for (int q = 0; q < NP; q++)
-        w[q] = (const int8_t *)W->panels + (size_t)(p0 + q) * pstride;
-
-    for (int c0 = 0; c0 < pairs; c0 += FL_I8_CHUNK) {
-        const int c1 = pairs - c0 < FL_I8_CHUNK ? pairs : c0 + FL_I8_CHUNK;
-#pragma GCC unroll 6
-        for (int i = 0; i < MR; i++)
-#pragma GCC unroll 8
-            for (int h = 0; h < 2 * NP; h++)
-                acc[i][h] = _mm256_setzero_si256();
-        for (int c = c0; c < c1; c++) {
-            const size_t off = (size_t)c * row_bytes;
-            __m256i xb[6];
-#pragma GCC unroll 6
-            for (int i = 0; i < MR; i++) {
-                int32_t pair; /* (xq[2c], xq[2c + 1]) */
-                memcpy(&pair, xq + (size_t)i * ldq + 2 * (size_t)c, sizeof pair);
-                xb[i] = _mm256_set1_epi32(pair);
-            }
-            if (NP == 1 && (off & 63) == 0) /* see fl_tile_avx2 */
-                _mm_prefetch((const char *)w[0] + off + ahead, _MM_HINT_T0);
-#pragma GCC unroll 4
-            for (int q = 0; q < NP; q++) {
-                __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w[q] + off)));
-                __m256i w1 =
-                    _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w[q] + off + 16)));
-#pragma GCC unroll 6
-                for (int i = 0; i < MR; i++) {
-                    acc[i][2 * q] = _mm256_add_epi32(acc[i][2 * q], _mm256_madd_epi16(xb[i], w0));
-                    acc[i][2 * q + 1] =
-                        _mm256_add_epi32(acc[i][2 * q + 1], _mm256_madd_epi16(xb[i], w1));
-                }
-            }
-        }
-#pragma GCC unroll 6
-        for (int i = 0; i < MR; i++)
-#pragma GCC unroll 8
-            for (int h = 0; h < 2 * NP; h++) {
-                double *d = sums[i] + 8 * h;
-                __m256d lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(acc[i][h]));
-                __m256d hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256(acc[i][h], 1));
-                if (c0) {
-                    lo = _mm256_add_pd(_mm256_loadu_pd(d), lo);
-                    hi = _mm256_add_pd(_mm256_loadu_pd(d + 4), hi);
-                }
-                _mm256_storeu_pd(d, lo);
-                _mm256_storeu_pd(d + 4, hi);
-            }
-    }
-
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; i++) {
-        float *yr = y + (size_t)i * ldy;
-        const __m256d s = _mm256_set1_pd(sx[i]);
-#pragma GCC unroll 8
-        for (int h = 0; h < 2 * NP; h++) {
-            int j = (p0 + (h >> 1)) * FL_PANEL + 8 * (h & 1);
-            const double *d = sums[i] + 8 * h;
-            if (j + 8 <= n) {
-                /* (float)(sum * ((double)scale[j] * sx)), 4 at a time */
-                __m256d c0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(W->scale + j)), s);
-                __m256d c1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(W->scale + j + 4)), s);
-                __m128 v0 = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(d), c0));
-                __m128 v1 = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(d + 4), c1));
-                fl_finish8(_mm256_set_m128(v1, v0), bias ? bias + j : NULL, accumulate, yr + j);
-            } else if (j < n) {
-                fl_i8_store_scalar(d, n - j, W->scale + j, sx[i], bias ? bias + j : NULL,
-                                   accumulate, yr + j);
-            }
-        }
-    }
-}
-
 typedef void (*fl_tile_i8_fn)(const fl_matrix *, int, const int16_t *, int, const double *,
                               const float *, int, float *, int);
 
-#define FL_TILE_I8_FN(MR, NP)                                                               \
-    static __attribute__((noinline, target("avx2,fma,f16c"))) void fl_tile_i8_##MR##x##NP(  \
-        const fl_matrix *W, int p0, const int16_t *xq, int ldq, const double *sx,           \
-        const float *bias, int accumulate, float *y, int ldy)                               \
-    {                                                                                       \
-        fl_tile_i8_avx2(MR, NP, W, p0, xq, ldq, sx, bias, accumulate, y, ldy);              \
-    }
-FL_TILE_I8_FN(1, 1) FL_TILE_I8_FN(1, 2) FL_TILE_I8_FN(1, 3) FL_TILE_I8_FN(1, 4)
-FL_TILE_I8_FN(2, 1) FL_TILE_I8_FN(2, 2) FL_TILE_I8_FN(2, 3) FL_TILE_I8_FN(3, 1)
-FL_TILE_I8_FN(3, 2) FL_TILE_I8_FN(4, 1) FL_TILE_I8_FN(5, 1) FL_TILE_I8_FN(6, 1)
-#undef FL_TILE_I8_FN
-static const fl_tile_i8_fn fl_tiles_i8[7][5] = {
-    {0, 0, 0, 0, 0},
-    {0, fl_tile_i8_1x1, fl_tile_i8_1x2, fl_tile_i8_1x3, fl_tile_i8_1x4},
-    {0, fl_tile_i8_2x1, fl_tile_i8_2x2, fl_tile_i8_2x3, 0},
-    {0, fl_tile_i8_3x1, fl_tile_i8_3x2, 0, 0},
-    {0, fl_tile_i8_4x1, 0, 0, 0},
-    {0, fl_tile_i8_5x1, 0, 0, 0},
-    {0, fl_tile_i8_6x1, 0, 0, 0},
-};
+#define FL_I8_NAME(f) f##_avx2
+#define FL_I8_TARGET "avx2,fma,f16c"
+#define FL_I8_DOT(acc, x, w) _mm256_add_epi32(acc, _mm256_madd_epi16(x, w))
+#include "tile_i8.h"
+#undef FL_I8_NAME
+#undef FL_I8_TARGET
+#undef FL_I8_DOT
+
+#define FL_VNNI_TARGET "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"
+#define FL_I8_NAME(f) f##_vnni
+#define FL_I8_TARGET FL_VNNI_TARGET
+#define FL_I8_DOT(acc, x, w) _mm256_dpwssd_epi32(acc, x, w)
+#include "tile_i8.h"
+#undef FL_I8_NAME
+#undef FL_I8_TARGET
+#undef FL_I8_DOT
 
 /* fl_i8_block_scalar on the tiles, walked as fl_matmul_avx2 walks them. */
-static FL_AVX2 void fl_i8_block_avx2(int mb, const fl_matrix *W, const int16_t *xq, int kp,
+static FL_AVX2 void fl_i8_block_avx2(const fl_tile_i8_fn (*tiles)[5], int mb,
+                                     const fl_matrix *W, const int16_t *xq, int kp,
                                      const double *sx, const float *bias, int accumulate,
                                      float *y, int ldy)
 {
@@ -701,8 +611,8 @@ static FL_AVX2 void fl_i8_block_avx2(int mb, const fl_matrix *W, const int16_t *
             int tp = fl_tile_panels(mr);
             for (int p = g0; p < g1; p += tp) {
                 int cnt = g1 - p < tp ? g1 - p : tp;
-                fl_tiles_i8[mr][cnt](W, p, xq + (size_t)r0 * kp, kp, sx + r0, bias, accumulate,
-                                     y + (size_t)r0 * ldy, ldy);
+                tiles[mr][cnt](W, p, xq + (size_t)r0 * kp, kp, sx + r0, bias, accumulate,
+                               y + (size_t)r0 * ldy, ldy);
             }
         }
     }
@@ -746,22 +656,16 @@ static FL_AVX2 void fl_gather_rows_avx2(const void *table, int type, const float
 
 /* --------------------------------------------------------------------------- entry */
 
-/* Whether fl_matmul and fl_gather_rows run the AVX2/FMA/F16C kernels on this machine. */
+/* Whether fl_matmul and fl_gather_rows run vector kernels (the AVX2 or AVX-512 path). */
 static inline int fl_matmul_has_avx2(void)
 {
-#if FL_HAVE_AVX2_PATH
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
-#else
-    return 0;
-#endif
+    return FL_HAVE_AVX2_PATH && fl_isa_active >= FL_ISA_AVX2;
 }
 
 /* fl_matmul for int8 weights (see "int8 weights"): x quantized up to FL_I8_BLOCK rows at a
- * time into a buffer on the stack, then the tiles (avx2) or the scalar loop over each block. */
+ * time into a buffer on the stack, then the tiles of `isa` or the scalar loop per block. */
 static void fl_matmul_i8(int m, const fl_matrix *W, const float *x, int ldx, const float *bias,
-                         int accumulate, float *y, int ldy, int avx2)
+                         int accumulate, float *y, int ldy, int isa)
 {
     int k = W->k, kp = fl_packed_k(FL_I8, k);
     int block = FL_I8_STACK_XQ / kp;
@@ -775,11 +679,12 @@ static void fl_matmul_i8(int m, const fl_matrix *W, const float *x, int ldx, con
     double sx[FL_I8_BLOCK];
     for (int r0 = 0; r0 < m; r0 += block) {
         int mb = m - r0 < block ? m - r0 : block;
+        float *yb = y + (size_t)r0 * ldy;
         for (int i = 0; i < mb; i++) {
             const float *xr = x + (size_t)(r0 + i) * ldx;
             int16_t *qr = xq + (size_t)i * kp;
 #if FL_HAVE_AVX2_PATH
-            if (avx2) {
+            if (isa >= FL_ISA_AVX2) {
                 sx[i] = fl_i8_quantize_row_avx2(xr, k, kp, qr);
                 continue;
             }
@@ -787,32 +692,28 @@ static void fl_matmul_i8(int m, const fl_matrix *W, const float *x, int ldx, con
             sx[i] = fl_i8_quantize_row_scalar(xr, k, kp, qr);
         }
 #if FL_HAVE_AVX2_PATH
-        if (avx2) {
-            fl_i8_block_avx2(mb, W, xq, kp, sx, bias, accumulate, y + (size_t)r0 * ldy, ldy);
+        if (isa >= FL_ISA_AVX2) {
+            fl_i8_block_avx2(isa == FL_ISA_AVX512 ? fl_tiles_i8_vnni : fl_tiles_i8_avx2, mb, W,
+                             xq, kp, sx, bias, accumulate, yb, ldy);
             continue;
         }
 #endif
-        fl_i8_block_scalar(mb, W, xq, kp, sx, bias, accumulate, y + (size_t)r0 * ldy, ldy);
+        fl_i8_block_scalar(mb, W, xq, kp, sx, bias, accumulate, yb, ldy);
     }
 }
 
-/* y[r, j] := v, or y[r, j] + v when accumulate, where v = sum_kk x[r, kk] * W[j, kk]
- * (+ bias[j]) is the fixed fma chain described above (int8: the exact integer sum), for
- * r < m, j < W->n.
- * x (m, k) has rows ldx floats apart, y (m, n) rows ldy apart; bias (n,) or NULL.
- * Single-threaded and stateless: callers split rows (or panels) across threads. */
-static inline void fl_matmul(int m, const fl_matrix *W, const float *x, int ldx,
-                             const float *bias, int accumulate, float *y, int ldy)
+/* fl_matmul on the kernels of `isa` (enum fl_isa). */
+static inline void fl_matmul_on(int isa, int m, const fl_matrix *W, const float *x, int ldx,
+                                const float *bias, int accumulate, float *y, int ldy)
 {
     if (m <= 0 || W->n <= 0)
         return;
-    int avx2 = fl_matmul_has_avx2();
     if (W->type == FL_I8) {
-        fl_matmul_i8(m, W, x, ldx, bias, accumulate, y, ldy, avx2);
+        fl_matmul_i8(m, W, x, ldx, bias, accumulate, y, ldy, isa);
         return;
     }
 #if FL_HAVE_AVX2_PATH
-    if (avx2) {
+    if (isa >= FL_ISA_AVX2) {
         fl_matmul_avx2(m, W, x, ldx, bias, accumulate, y, ldy);
         return;
     }
@@ -820,16 +721,48 @@ static inline void fl_matmul(int m, const fl_matrix *W, const float *x, int ldx,
     fl_matmul_float_scalar(m, W, x, ldx, bias, accumulate, y, ldy);
 }
 
+/* y[r, j] := v, or y[r, j] + v when accumulate, where v = sum_kk x[r, kk] * W[j, kk]
+ * (+ bias[j]) is the fixed fma chain described above (int8: the exact integer sum), for
+ * r < m, j < W->n.
+ * x (m, k) has rows ldx floats apart, y (m, n) rows ldy apart; bias (n,) or NULL.
+ * Single-threaded and stateless: callers split rows (or panels, fl_matmul_part) across
+ * threads.  Runs on the process's kernel path (isa.h). */
+static inline void fl_matmul(int m, const fl_matrix *W, const float *x, int ldx,
+                             const float *bias, int accumulate, float *y, int ldy)
+{
+    fl_matmul_on(fl_isa_active, m, W, x, ldx, bias, accumulate, y, ldy);
+}
+
 /* fl_matmul on the portable scalar path, whatever the CPU: for tests. */
 static inline void fl_matmul_scalar(int m, const fl_matrix *W, const float *x, int ldx,
                                     const float *bias, int accumulate, float *y, int ldy)
 {
-    if (m <= 0 || W->n <= 0)
+    fl_matmul_on(FL_ISA_PORTABLE, m, W, x, ldx, bias, accumulate, y, ldy);
+}
+
+/* Part `part` of `parts` of fl_matmul: the outputs of panels [np * part / parts,
+ * np * (part + 1) / parts), np = W's panel count, for threads that share one product.
+ * Each output is the same chain whichever part computes it, so the parts together give
+ * bitwise fl_matmul's result. */
+static inline void fl_matmul_part(int part, int parts, int m, const fl_matrix *W,
+                                  const float *x, int ldx, const float *bias, int accumulate,
+                                  float *y, int ldy)
+{
+    if (parts <= 1) {
+        fl_matmul(m, W, x, ldx, bias, accumulate, y, ldy);
         return;
-    if (W->type == FL_I8)
-        fl_matmul_i8(m, W, x, ldx, bias, accumulate, y, ldy, 0);
-    else
-        fl_matmul_float_scalar(m, W, x, ldx, bias, accumulate, y, ldy);
+    }
+    int np = (W->n + FL_PANEL - 1) / FL_PANEL;
+    int p0 = (int)((long long)np * part / parts), p1 = (int)((long long)np * (part + 1) / parts);
+    if (p1 <= p0)
+        return;
+    int j0 = p0 * FL_PANEL, j1 = p1 * FL_PANEL < W->n ? p1 * FL_PANEL : W->n;
+    fl_matrix sub = *W;
+    sub.panels = (const char *)W->panels +
+                 (size_t)p0 * FL_PANEL * fl_packed_k(W->type, W->k) * fl_wtype_size(W->type);
+    sub.scale = W->scale ? W->scale + j0 : NULL;
+    sub.n = j1 - j0;
+    fl_matmul(m, &sub, x, ldx, bias ? bias + j0 : NULL, accumulate, y + j0, ldy);
 }
 
 /* rows[i, 0:n] := row ids[i] of `table` (count, n) as floats, times scale[ids[i]] for int8:
@@ -838,7 +771,7 @@ static inline void fl_gather_rows(const void *table, int type, const float *scal
                                   const int64_t *ids, int count, float *rows, int ld)
 {
 #if FL_HAVE_AVX2_PATH
-    if (fl_matmul_has_avx2()) {
+    if (fl_isa_active >= FL_ISA_AVX2) {
         fl_gather_rows_avx2(table, type, scale, n, ids, count, rows, ld);
         return;
     }

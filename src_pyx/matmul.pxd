@@ -28,6 +28,10 @@ cdef extern from "matmul.h" nogil:
     # ldy apart, bias (n,) or NULL.  Single-threaded; callers split rows across threads.
     void fl_matmul(int m, const fl_matrix *W, const float *x, int ldx,
                    const float *bias_or_null, int accumulate, float *y, int ldy)
+    # The outputs of panels [np*part/parts, np*(part+1)/parts) of the same product, for
+    # threads sharing it (np = W's panel count): the parts together give fl_matmul's bits.
+    void fl_matmul_part(int part, int parts, int m, const fl_matrix *W, const float *x,
+                        int ldx, const float *bias_or_null, int accumulate, float *y, int ldy)
     # The same, always on the portable scalar path (bitwise the same results): for tests.
     void fl_matmul_scalar(int m, const fl_matrix *W, const float *x, int ldx,
                           const float *bias_or_null, int accumulate, float *y, int ldy)
@@ -37,5 +41,16 @@ cdef extern from "matmul.h" nogil:
                         const int64_t *ids, int count, float *rows, int ld)
     void fl_gather_rows_scalar(const void *table, int type, const float *scale, int n,
                                const int64_t *ids, int count, float *rows, int ld)
-    # Whether fl_matmul runs the AVX2/FMA/F16C kernels on this CPU.
+    # Whether fl_matmul runs vector kernels (the AVX2 or the AVX-512 path).
     int fl_matmul_has_avx2()
+
+
+cdef extern from "isa.h" nogil:
+    # The kernel paths (isa.h): every one gives bitwise the same results.
+    cdef enum fl_isa:
+        FL_ISA_PORTABLE
+        FL_ISA_AVX2
+        FL_ISA_AVX512
+    int fl_isa_active        # this module's path, set once by fastlstm.isa at import
+    int fl_isa_supported(int isa)
+    int fl_set_isa(int isa)   # 0, or -1 if the CPU lacks it
