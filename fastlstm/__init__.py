@@ -11,6 +11,7 @@ and on Ray `fastlstm.ray_data` (the ray extra).
 """
 
 from fastlstm import _openblas  # noqa: F401  (loads the BLAS before any kernel module)
+from fastlstm import isa  # noqa: F401  (chooses the kernel path before any kernel runs)
 from fastlstm.config import ModelConfig
 from fastlstm.export import convert, export
 from fastlstm.layers import GRU, LSTM, RNN

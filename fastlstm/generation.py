@@ -69,7 +69,10 @@ class Decoder:
                 self.seen[p * n:(p + 1) * n, prompt] = 1
 
         # Thread t owns slots [slot_begin[t], slot_begin[t+1]); its running rows come first.
-        threads = max(1, min(num_threads, rows))
+        # With fewer rows than threads, the threads form one team that shares every product
+        # of all rows instead (the same bits either way).
+        self.team_size = num_threads if rows < num_threads else 1
+        threads = max(1, min(num_threads, rows)) if self.team_size == 1 else 1
         self.slot_begin = np.array([t * rows // threads for t in range(threads + 1)], np.intc)
         self.n_active = np.diff(self.slot_begin).astype(np.intc)
 
@@ -89,7 +92,7 @@ class Decoder:
             stop_end=self.stop_end, slot_begin=self.slot_begin, n_active=self.n_active,
             temperature=p.temperature, top_k=p.top_k if p.top_k < m.config.vocab_size else 0,
             top_p=p.top_p, min_p=p.min_p,
-            repetition_penalty=p.repetition_penalty, steps=steps,
+            repetition_penalty=p.repetition_penalty, steps=steps, team_size=self.team_size,
             watch_signals=threading.current_thread() is threading.main_thread())
 
     def row_ids(self, row: int, start: int = 0) -> np.ndarray:
@@ -215,7 +218,7 @@ def stream_text(model, prompt: str, params: GenerationParams,
     if params.num_return_sequences != 1:
         raise ValueError("stream generates one sequence: num_return_sequences must be 1")
     (encoded,) = encode_prompts(model, [prompt])
-    decoder = Decoder(model, [encoded], params, 1)
+    decoder = Decoder(model, [encoded], params, model.num_threads)
     return _stream_pieces(decoder, model.tokenizer.stream_decoder(previous=encoded), chunk_tokens)
 
 

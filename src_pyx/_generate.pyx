@@ -12,19 +12,22 @@
 #
 # fastlstm.generation validates every input and owns these arrays; this module trusts them.
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 cimport openmp
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-from matmul cimport fl_matmul, fl_matrix
+from matmul cimport fl_matrix
 from sampler cimport Candidate, SamplingParams, coin, sample_token
-from stack cimport (Layer, Rows, cell_code, fill_layer0_input, fill_matrix, float_ptr,
-                    gates_of, gather_rows, input_projection, layer_step, layers_from_packed)
+from stack cimport (Layer, Rows, Team, cell_code, fill_layer0_input, fill_matrix, float_ptr,
+                    gates_of, gather_rows, input_projection, layer_step, layers_from_packed,
+                    sync, team_matmul)
 
 import numpy as np
+
+include "isa.pxi"
 
 
 cdef extern from "Python.h":
@@ -135,111 +138,174 @@ cdef inline void swap_slots(Run *run, int a, int b, float *tmp) noexcept nogil:
     t = run.order[a]; run.order[a] = run.order[b]; run.order[b] = t
 
 
-cdef int decode_slots(Run *run, int begin, int *n_active, int steps, int *cancel,
-                      bint watch) noexcept nogil:
-    """Generate up to `steps` tokens for the running rows in slots [begin, begin + *n_active).
-    Rows that stop are moved behind the running ones and *n_active shrinks."""
-    cdef int G = gates_of(run.cell), V = run.vocab
-    cdef int l, i, step, n, width = 0, gw = 0, hid = 0, status = OK
-    cdef int64_t row, token
+cdef struct Scratch:
+    # Activations of one decode step, for `rows` slots (allocated once per call).
+    float *x           # (rows, in0): embedding rows, when there is no table
+    float *xw          # (rows, gates*hidden)
+    float *hw          # (rows, gates*hidden)
+    float *hfull       # (rows, hidden)
+    float *logits      # (rows, vocab)
+    float *scores      # (vocab,)  the sampler's weights
+    Candidate *cand    # (vocab,)  the sampler's candidates
+    uint8_t *done      # (rows,)
+
+
+cdef bint scratch_alloc(Scratch *s, const Run *run, int rows) noexcept nogil:
+    """Allocate s for `rows` slots; False (everything freed) if memory ran out."""
+    cdef int l, G = gates_of(run.cell), width = 0, gw = 0, hid = 0
     cdef const Layer *L
-    cdef float *h_l
-    cdef float *x      # (rows, in0): embedding rows, when there is no table
-    cdef float *xw     # (rows, gates*hidden)
-    cdef float *hw     # (rows, gates*hidden)
-    cdef float *hfull  # (rows, hidden)
-    cdef float *logits # (rows, vocab)
-    cdef float *scores # (vocab,)
-    cdef Candidate *cand
-    cdef uint8_t *done
-    cdef int rows = n_active[0]
-    if rows == 0:
-        return OK
     for l in range(run.num_layers):
         L = &run.layers[l]
         width = max(width, max(L.in_size, L.out_size))
         gw = max(gw, G * L.hidden)
         hid = max(hid, L.hidden)
-    x = <float *> malloc(<size_t> rows * width * sizeof(float))
-    xw = <float *> malloc(<size_t> rows * gw * sizeof(float))
-    hw = <float *> malloc(<size_t> rows * gw * sizeof(float))
-    hfull = <float *> malloc(<size_t> rows * hid * sizeof(float))
-    logits = <float *> malloc(<size_t> rows * V * sizeof(float))
-    scores = <float *> malloc(<size_t> V * sizeof(float))
-    cand = <Candidate *> malloc(<size_t> V * sizeof(Candidate))
-    done = <uint8_t *> malloc(<size_t> rows)
-    if not (x and xw and hw and hfull and logits and scores and cand and done):
-        status = NO_MEMORY
-        steps = 0
+    s.x = <float *> malloc(<size_t> rows * width * sizeof(float))
+    s.xw = <float *> malloc(<size_t> rows * gw * sizeof(float))
+    s.hw = <float *> malloc(<size_t> rows * gw * sizeof(float))
+    s.hfull = <float *> malloc(<size_t> rows * hid * sizeof(float))
+    s.logits = <float *> malloc(<size_t> rows * run.vocab * sizeof(float))
+    s.scores = <float *> malloc(<size_t> run.vocab * sizeof(float))
+    s.cand = <Candidate *> malloc(<size_t> run.vocab * sizeof(Candidate))
+    s.done = <uint8_t *> malloc(<size_t> rows)
+    if s.x and s.xw and s.hw and s.hfull and s.logits and s.scores and s.cand and s.done:
+        return True
+    scratch_free(s)
+    return False
 
+
+cdef void scratch_free(Scratch *s) noexcept nogil:
+    free(s.x); free(s.xw); free(s.hw); free(s.hfull); free(s.logits); free(s.scores)
+    free(s.cand); free(s.done)
+    s.x = s.xw = s.hw = s.hfull = s.logits = s.scores = NULL
+    s.cand = NULL
+    s.done = NULL
+
+
+cdef struct Control:
+    # What thread 0 of a team decides for all of it at the top of each step.
+    int n       # running rows
+    int stop    # nonzero: leave the loop
+
+
+cdef void step_stack(const Run *run, int begin, int n, Scratch *s, const Team *team) noexcept nogil:
+    """Every layer's step for the running slots [begin, begin + n): the new h (and c)."""
+    cdef int l, G = gates_of(run.cell)
+    cdef const Layer *L = &run.layers[0]
+    # Layer 0's input: a lookup-table row, or an embedding row times W_ih.
+    if run.table.data != NULL:
+        if team.tid == 0:
+            gather_rows(&run.table, run.last + begin, n, s.xw, G * L.hidden)
+    else:
+        if team.tid == 0:
+            gather_rows(&run.emb, run.last + begin, n, s.x, L.in_size)
+        sync(team)
+        input_projection(L, G, n, s.x, s.xw, True, team)
+    for l in range(run.num_layers):
+        L = &run.layers[l]
+        if l > 0:  # input: the new h of the layer below
+            input_projection(L, G, n, run.h + (<size_t> (l - 1) * run.batch + begin) * L.in_size,
+                             s.xw, True, team)
+        layer_step(run.cell, L, n, s.xw, run.h + (<size_t> l * run.batch + begin) * L.out_size,
+                   run.h + (<size_t> l * run.batch + begin) * L.out_size,
+                   run.c + (<size_t> l * run.batch + begin) * L.hidden if run.c != NULL else NULL,
+                   s.hw, s.hfull, True, team)
+
+
+cdef int sample_and_record(Run *run, int begin, int n, Scratch *s) noexcept nogil:
+    """Sample the next token of each running slot from s.logits, record it, and mark in
+    s.done the rows that stop.  Returns OK, or NAN_LOGITS."""
+    cdef int i, V = run.vocab
+    cdef int64_t row, token
+    for i in range(n):
+        row = run.order[begin + i]
+        token = sample_token(s.logits + <size_t> i * V, V,
+                             run.seen + <size_t> row * V if run.seen != NULL else NULL,
+                             &run.params, coin(run.seed[row], run.stream[row], run.length[row]),
+                             s.scores, s.cand)
+        if token < 0:
+            return NAN_LOGITS
+        run.out[row * run.max_new + run.length[row]] = token
+        run.length[row] += 1
+        if run.seen != NULL:
+            run.seen[row * V + token] = 1
+        run.last[begin + i] = token
+        s.done[i] = run.length[row] >= run.max_new or ends_with_stop(
+            run, run.out + row * run.max_new, run.length[row])
+    return OK
+
+
+cdef void compact_slots(Run *run, int begin, int *n_active, Scratch *s) noexcept nogil:
+    """Move stopped rows behind the running ones (from the back, so indices stay valid)."""
+    cdef int i
+    for i in range(n_active[0] - 1, -1, -1):
+        if s.done[i]:
+            n_active[0] -= 1
+            if i != n_active[0]:
+                swap_slots(run, begin + i, begin + n_active[0], s.hfull)
+                s.done[i] = s.done[n_active[0]]
+
+
+cdef int decode_slots(Run *run, int begin, int *n_active, int steps, int *cancel,
+                      bint watch, Scratch *s, Control *ctl, const Team *team) noexcept nogil:
+    """Generate up to `steps` tokens for the running rows in slots [begin, begin + *n_active).
+    Rows that stop are moved behind the running ones and *n_active shrinks.
+
+    Every thread of `team` calls this with the same arguments (s and ctl shared): thread 0
+    watches for signals, samples and moves slots, and the team shares every product.  Returns
+    the status (thread 0's is the one that counts)."""
+    cdef int step, n, status = OK
+    cdef const Layer *top = &run.layers[run.num_layers - 1]
     cdef long long next_check = 0
     for step in range(steps):
-        if interrupted(cancel, watch, &next_check):
-            status = INTERRUPTED
+        if team.tid == 0:
+            if status == OK and interrupted(cancel, watch, &next_check):
+                status = INTERRUPTED
+            ctl.n = n_active[0]
+            ctl.stop = status != OK or ctl.n == 0
+        sync(team)
+        if ctl.stop:
             break
-        n = n_active[0]
-        if n == 0:
-            break
-        # Layer 0 input of each running slot.
-        L = &run.layers[0]
-        if run.table.data != NULL:
-            gather_rows(&run.table, run.last + begin, n, xw, G * L.hidden)
-        else:
-            gather_rows(&run.emb, run.last + begin, n, x, L.in_size)
-            input_projection(L, G, n, x, xw, True)
-        for l in range(run.num_layers):
-            L = &run.layers[l]
-            h_l = run.h + (<size_t> l * run.batch + begin) * L.out_size
-            if l > 0:  # input: the new h of the layer below
-                input_projection(L, G, n, run.h + (<size_t> (l - 1) * run.batch + begin) * L.in_size, xw, True)
-            layer_step(run.cell, L, n, xw, h_l, h_l,
-                       run.c + (<size_t> l * run.batch + begin) * L.hidden if run.c != NULL else NULL,
-                       hw, hfull, True)
+        n = ctl.n
+        step_stack(run, begin, n, s, team)
         # Head: logits := h_top . W_head^T + b_head
-        L = &run.layers[run.num_layers - 1]
-        fl_matmul(n, &run.head,
-                  run.h + (<size_t> (run.num_layers - 1) * run.batch + begin) * L.out_size,
-                  L.out_size, run.head_b, 0, logits, V)
-
-        # Sample, record, check stops.
-        for i in range(n):
-            row = run.order[begin + i]
-            token = sample_token(logits + <size_t> i * V, V,
-                                 run.seen + <size_t> row * V if run.seen != NULL else NULL,
-                                 &run.params, coin(run.seed[row], run.stream[row], run.length[row]),
-                                 scores, cand)
-            if token < 0:
-                status = NAN_LOGITS
+        team_matmul(team, n, &run.head, run.h + (<size_t> (run.num_layers - 1) * run.batch + begin) * top.out_size,
+                    top.out_size, run.head_b, s.logits, run.vocab)
+        sync(team)
+        if team.tid == 0:
+            status = sample_and_record(run, begin, n, s)
+            if status != OK:
                 cancel[0] = 1  # the call fails: the other threads need not finish their rows
-                break
-            run.out[row * run.max_new + run.length[row]] = token
-            run.length[row] += 1
-            if run.seen != NULL:
-                run.seen[row * V + token] = 1
-            run.last[begin + i] = token
-            done[i] = run.length[row] >= run.max_new or ends_with_stop(
-                run, run.out + row * run.max_new, run.length[row])
-        if status != OK:
-            break
-        # Move stopped rows behind the running ones (from the back, so indices stay valid).
-        for i in range(n - 1, -1, -1):
-            if done[i]:
-                n_active[0] -= 1
-                if i != n_active[0]:
-                    swap_slots(run, begin + i, begin + n_active[0], hfull)
-                    done[i] = done[n_active[0]]
+            else:
+                compact_slots(run, begin, n_active, s)
+    return status
 
-    free(x); free(xw); free(hw); free(hfull); free(logits); free(scores); free(cand); free(done)
+
+cdef int decode_alone(Run *run, int begin, int *n_active, int steps, int *cancel,
+                      bint watch) noexcept nogil:
+    """decode_slots for a thread with slots of its own (a team of one), with its own scratch."""
+    cdef Scratch s
+    cdef Control ctl
+    cdef Team alone
+    cdef int status
+    alone.tid = 0
+    alone.size = 1
+    if n_active[0] == 0:
+        return OK
+    if not scratch_alloc(&s, run, n_active[0]):
+        return NO_MEMORY
+    status = decode_slots(run, begin, n_active, steps, cancel, watch, &s, &ctl, &alone)
+    scratch_free(&s)
     return status
 
 
 def decode(str rnn_type, list layers, *, emb, table, head, int vocab, head_b,
            h, c, last, order, out, length, seen, seed, stream, eos, stops, stop_end,
            slot_begin, n_active, double temperature, int top_k, double top_p, double min_p,
-           double repetition_penalty, int steps, bint watch_signals=False):
+           double repetition_penalty, int steps, int team_size=1, bint watch_signals=False):
     """Run up to `steps` decode steps for every running row (see fastlstm.generation.Decoder,
     which owns and documents every array).  Thread t works on slots [slot_begin[t],
-    slot_begin[t+1]), of which the first n_active[t] are running.  Raises FloatingPointError
+    slot_begin[t+1]), of which the first n_active[t] are running; or, with team_size > 1
+    (one range of slots), team_size threads share every product of those slots.  Raises FloatingPointError
     if the logits of a row hold NaN or +inf, and whatever a signal handler raised (Ctrl-C:
     KeyboardInterrupt) when watch_signals is set; the run is then left mid-step.
     watch_signals: the caller is Python's main thread, so signals can be handled here."""
@@ -288,12 +354,17 @@ def decode(str rnn_type, list layers, *, emb, table, head, int vocab, head_b,
     run.stop_end = &stop_end_v[0] if run.n_stops else &dummy
     run.stops = &stops_v[0] if stops_v.shape[0] else &dummy
 
+    if team_size > 1 and nthreads != 1:
+        raise ValueError("a team of threads shares one range of slots")
     run.layers = layers_from_packed(layers)
     try:
-        with nogil:
-            for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-                status[t] = decode_slots(&run, begin_v[t], &active_v[t], steps, &cancel,
-                                         watch_signals and openmp.omp_get_thread_num() == 0)
+        if team_size > 1:
+            decode_team(&run, &active_v[0], steps, &cancel, watch_signals, team_size, &status[0])
+        else:
+            with nogil:
+                for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
+                    status[t] = decode_alone(&run, begin_v[t], &active_v[t], steps, &cancel,
+                                             watch_signals and openmp.omp_get_thread_num() == 0)
     finally:
         free(run.layers)
     for t in range(nthreads):
@@ -306,6 +377,35 @@ def decode(str rnn_type, list layers, *, emb, table, head, int vocab, head_b,
                                  "sampled from them")
     if failed == INTERRUPTED or cancel:
         raise_pending()
+
+
+cdef int decode_member(Run *run, int *n_active, int steps, int *cancel, bint watch,
+                       Scratch *s, Control *ctl) noexcept nogil:
+    """decode_slots as this thread's part of the enclosing parallel region's team."""
+    cdef Team team
+    team.tid = openmp.omp_get_thread_num()
+    team.size = openmp.omp_get_num_threads()
+    return decode_slots(run, 0, n_active, steps, cancel, watch and team.tid == 0, s, ctl, &team)
+
+
+cdef void decode_team(Run *run, int *n_active, int steps, int *cancel, bint watch,
+                      int team_size, int *status):
+    """decode_slots over slots [0, *n_active) by a team of team_size threads (fewer if OpenMP
+    grants fewer), with one shared scratch."""
+    cdef Scratch s
+    cdef Control ctl
+    cdef int result
+    if n_active[0] == 0:
+        return
+    if not scratch_alloc(&s, run, n_active[0]):
+        status[0] = NO_MEMORY
+        return
+    with nogil, parallel(num_threads=team_size):
+        result = decode_member(run, n_active, steps, cancel, watch, &s, &ctl)
+        if openmp.omp_get_thread_num() == 0:
+            status[0] = result
+    # end: with nogil, parallel
+    scratch_free(&s)
 
 
 def sample(logits, seen=None, *, double temperature=1.0, int top_k=0, double top_p=1.0,

@@ -6,26 +6,32 @@
 #                 then per step one GEMM/GEMV with W_hh and the fused cell update
 #   -> output rows (floats), or the head GEMM straight into the caller's logits.
 # Batch rows are split across OpenMP threads; each thread runs the whole stack for its rows
-# with its own scratch, allocated once per call.  float32 models multiply with
-# single-threaded BLAS; models stored in float16, bfloat16 or int8 with matmul.h's kernel
-# on their panels (BLAS has no such weights).
+# with its own scratch, allocated once per call.  With fewer rows than threads (batch 1),
+# the threads form one team that shares every product by panels and every cell update by
+# hidden units (stack.pxd's Team), meeting at a barrier between them.  forward() multiplies
+# float32 models with single-threaded BLAS when each thread has rows of its own; everything
+# else (teams, other precisions, and prefill, whose bits must not depend on the thread
+# count) runs matmul.h's kernel on the panels.
 #
 # The Python layer (fastlstm.model, fastlstm.layers) validates every argument, allocates the
 # outputs and packs the weights; this module trusts what it is given.
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
 from blas cimport matmul_wt
-from matmul cimport fl_matmul, fl_matrix
-from stack cimport (Layer, Rows, cell_code, fill_layer0_input, fill_matrix, float_ptr,
-                    gates_of, gather_rows, input_projection, layer_step, layers_from_packed)
+from matmul cimport fl_matrix
+from stack cimport (Layer, Rows, Team, cell_code, fill_layer0_input, fill_matrix, float_ptr,
+                    gates_of, gather_rows, input_projection, layer_step, layers_from_packed,
+                    sync, team_matmul)
 
 cimport openmp
 
 import numpy as np
+
+include "isa.pxi"
 
 # Rows (time steps x batch rows) per input-projection GEMM: large enough for BLAS to run at
 # full speed, small enough that a thread's scratch stays a few MB.
@@ -54,123 +60,196 @@ cdef struct Job:
     float *c               # (num_layers, batch, hidden)   LSTM only
 
 
-cdef int run_rows(const Job *job, int b0, int b1) noexcept nogil:
-    """Run the whole stack over all time steps for batch rows [b0, b1).  Returns 0, or -1 if
-    the scratch could not be allocated."""
-    cdef int nb = b1 - b0
-    cdef int T = job.steps, G = gates_of(job.cell)
-    cdef int l, s, r, t0, tc, width = 0, gw = 0, hid = 0
-    cdef int chunk = ROWS_PER_CHUNK // nb if nb < ROWS_PER_CHUNK else 1
-    cdef const Layer *L
-    cdef float *inp
-    cdef float *out
-    cdef float *tmp
-    cdef float *xw
-    cdef float *hw
-    cdef float *hfull
-    cdef float *h_state
-    cdef float *c_state
-    cdef float beta
+cdef struct Scratch:
+    # One thread's (or one team's) buffers for nb batch rows, time-major: row (s, r) of a
+    # chunk is step t0+s of batch row b0+r, so all rows of one step are contiguous and h_prev
+    # for step s is simply out[s-1].
+    int chunk              # time steps per chunk
+    float *inp             # (chunk, nb, width)
+    float *out             # (chunk, nb, width)
+    float *xw              # (chunk, nb, gates*hidden)
+    float *hw              # (nb, gates*hidden)
+    float *hfull           # (nb, hidden)
 
-    if chunk > T:
-        chunk = T
+
+cdef bint scratch_alloc(Scratch *s, const Job *job, int nb) noexcept nogil:
+    """Allocate s for nb batch rows; False (everything freed) if memory ran out."""
+    cdef int l, G = gates_of(job.cell), width = 0, gw = 0, hid = 0
+    cdef const Layer *L
+    s.chunk = min(ROWS_PER_CHUNK // nb if nb < ROWS_PER_CHUNK else 1, job.steps)
     for l in range(job.num_layers):
         L = &job.layers[l]
         width = max(width, max(L.in_size, L.out_size))
         gw = max(gw, G * L.hidden)
         hid = max(hid, L.hidden)
+    s.inp = <float *> malloc(<size_t> s.chunk * nb * width * sizeof(float))
+    s.out = <float *> malloc(<size_t> s.chunk * nb * width * sizeof(float))
+    s.xw = <float *> malloc(<size_t> s.chunk * nb * gw * sizeof(float))
+    s.hw = <float *> malloc(<size_t> nb * gw * sizeof(float))
+    s.hfull = <float *> malloc(<size_t> nb * hid * sizeof(float))
+    if s.inp and s.out and s.xw and s.hw and s.hfull:
+        return True
+    scratch_free(s)
+    return False
 
-    # Time-major scratch: row (s, r) of a chunk is step t0+s of batch row b0+r, so all rows of
-    # one step are contiguous and h_prev for step s is simply out[s-1].
-    inp = <float *> malloc(<size_t> chunk * nb * width * sizeof(float))
-    out = <float *> malloc(<size_t> chunk * nb * width * sizeof(float))
-    xw = <float *> malloc(<size_t> chunk * nb * gw * sizeof(float))
-    hw = <float *> malloc(<size_t> nb * gw * sizeof(float))
-    hfull = <float *> malloc(<size_t> nb * hid * sizeof(float))
-    if inp == NULL or out == NULL or xw == NULL or hw == NULL or hfull == NULL:
-        free(inp); free(out); free(xw); free(hw); free(hfull)
-        return -1
+
+cdef void scratch_free(Scratch *s) noexcept nogil:
+    free(s.inp); free(s.out); free(s.xw); free(s.hw); free(s.hfull)
+    s.inp = s.out = s.xw = s.hw = s.hfull = NULL
+
+
+cdef void gather_input(const Job *job, int b0, int nb, int t0, int tc, Scratch *s) noexcept nogil:
+    """Layer 0's input rows for steps [t0, t0 + tc): table rows into xw, or embedding rows or
+    the caller's floats into inp."""
+    cdef int st, r, T = job.steps
+    cdef const Layer *L0 = &job.layers[0]
+    cdef int G = gates_of(job.cell)
+    for st in range(tc):
+        for r in range(nb):
+            if job.table.data != NULL:
+                gather_rows(&job.table, &job.ids[<size_t> (b0 + r) * T + t0 + st], 1,
+                            s.xw + (<size_t> st * nb + r) * G * L0.hidden, 0)
+            elif job.emb.data != NULL:
+                gather_rows(&job.emb, &job.ids[<size_t> (b0 + r) * T + t0 + st], 1,
+                            s.inp + (<size_t> st * nb + r) * L0.in_size, 0)
+            else:
+                memcpy(s.inp + (<size_t> st * nb + r) * L0.in_size,
+                       job.x + (<size_t> (b0 + r) * T + t0 + st) * L0.in_size,
+                       L0.in_size * sizeof(float))
+
+
+cdef void head_product(const Job *job, int b0, int nb, int t0, int tc, const float *top,
+                       const Team *team) noexcept nogil:
+    """logits[b0:b0+nb, t0:t0+tc] := top . W_head^T + b_head, top time-major (tc, nb, out),
+    in as few products as the layouts allow: one per batch row (its steps are nb rows apart
+    in top, contiguous in the logits), or one per step (its rows are steps * vocab apart in
+    the caller's logits).  BLAS for float32 models run by one thread, else matmul.h."""
+    cdef int r, st, T = job.steps, V = job.vocab
+    cdef int width = job.layers[job.num_layers - 1].out_size
+    cdef bint blas = job.blas and team.size == 1
+    cdef float beta = 0.0
+    if blas and job.head_b != NULL:
+        beta = 1.0
+        for r in range(nb):
+            for st in range(tc):
+                memcpy(job.logits + (<size_t> (b0 + r) * T + t0 + st) * V, job.head_b,
+                       V * sizeof(float))
+    if tc >= nb:
+        for r in range(nb):
+            if blas:
+                matmul_wt(tc, V, width, top + <size_t> r * width, nb * width, job.head_w, beta,
+                          job.logits + (<size_t> (b0 + r) * T + t0) * V, V)
+            else:
+                team_matmul(team, tc, &job.head_p, top + <size_t> r * width, nb * width,
+                            job.head_b, job.logits + (<size_t> (b0 + r) * T + t0) * V, V)
+    else:
+        for st in range(tc):
+            if blas:
+                matmul_wt(nb, V, width, top + <size_t> st * nb * width, width, job.head_w, beta,
+                          job.logits + (<size_t> b0 * T + t0 + st) * V, T * V)
+            else:
+                team_matmul(team, nb, &job.head_p, top + <size_t> st * nb * width, width,
+                            job.head_b, job.logits + (<size_t> b0 * T + t0 + st) * V, T * V)
+
+
+cdef void run_rows(const Job *job, int b0, int b1, Scratch *s, const Team *team) noexcept nogil:
+    """Run the whole stack over all time steps for batch rows [b0, b1), with scratch s for
+    them.  Every thread of `team` calls this with the same arguments (s shared): the team
+    shares every product and cell update, thread 0 moves the rows between buffers."""
+    cdef int nb = b1 - b0
+    cdef int T = job.steps, G = gates_of(job.cell)
+    cdef int l, st, r, t0, tc
+    cdef bint panels = not job.blas or team.size > 1
+    cdef const Layer *L
+    cdef float *inp = s.inp
+    cdef float *out = s.out
+    cdef float *tmp
+    cdef float *h_state
+    cdef float *c_state
 
     t0 = 0
     while t0 < T:
-        tc = min(chunk, T - t0)
-
-        # Layer 0's input rows for this chunk.
-        for s in range(tc):
-            for r in range(nb):
-                if job.table.data != NULL:
-                    gather_rows(&job.table, &job.ids[<size_t> (b0 + r) * T + t0 + s], 1,
-                                xw + (<size_t> s * nb + r) * G * job.layers[0].hidden, 0)
-                elif job.emb.data != NULL:
-                    gather_rows(&job.emb, &job.ids[<size_t> (b0 + r) * T + t0 + s], 1,
-                                inp + (<size_t> s * nb + r) * job.layers[0].in_size, 0)
-                else:
-                    memcpy(inp + (<size_t> s * nb + r) * job.layers[0].in_size,
-                           job.x + (<size_t> (b0 + r) * T + t0 + s) * job.layers[0].in_size,
-                           job.layers[0].in_size * sizeof(float))
+        tc = min(s.chunk, T - t0)
+        if team.tid == 0:
+            gather_input(job, b0, nb, t0, tc, s)
+        sync(team)
 
         for l in range(job.num_layers):
             L = &job.layers[l]
             h_state = job.h + (<size_t> l * job.batch + b0) * L.out_size
             c_state = job.c + (<size_t> l * job.batch + b0) * L.hidden if job.c != NULL else NULL
 
-            # xw := inp . W_ih^T + bias_x, one GEMM for the whole chunk.
+            # xw := inp . W_ih^T + bias_x, one product for the whole chunk.
             if not (l == 0 and job.table.data != NULL):
-                input_projection(L, G, tc * nb, inp, xw, not job.blas)
-            for s in range(tc):
-                # h_prev of step s is out[s-1], contiguous thanks to the time-major layout.
-                layer_step(job.cell, L, nb, xw + <size_t> s * nb * G * L.hidden,
-                           h_state if s == 0 else out + <size_t> (s - 1) * nb * L.out_size,
-                           out + <size_t> s * nb * L.out_size, c_state, hw, hfull, not job.blas)
-            memcpy(h_state, out + <size_t> (tc - 1) * nb * L.out_size,
-                   <size_t> nb * L.out_size * sizeof(float))
+                input_projection(L, G, tc * nb, inp, s.xw, panels, team)
+            for st in range(tc):
+                # h_prev of step st is out[st-1], contiguous thanks to the time-major layout.
+                layer_step(job.cell, L, nb, s.xw + <size_t> st * nb * G * L.hidden,
+                           h_state if st == 0 else out + <size_t> (st - 1) * nb * L.out_size,
+                           out + <size_t> st * nb * L.out_size, c_state, s.hw, s.hfull, panels,
+                           team)
+            if team.tid == 0:
+                memcpy(h_state, out + <size_t> (tc - 1) * nb * L.out_size,
+                       <size_t> nb * L.out_size * sizeof(float))
             tmp = inp
             inp = out
             out = tmp
 
         # inp now holds the top layer's output for the chunk, time-major (tc, nb, out_last).
         L = &job.layers[job.num_layers - 1]
-        if job.logits != NULL and not job.blas:
-            # logits := top . W_head^T + bias, per batch row or per step as below.
-            if tc >= nb:
+        if job.logits != NULL:
+            head_product(job, b0, nb, t0, tc, inp, team)
+        elif job.y != NULL and team.tid == 0:
+            for st in range(tc):
                 for r in range(nb):
-                    fl_matmul(tc, &job.head_p, inp + <size_t> r * L.out_size, nb * L.out_size,
-                              job.head_b, 0, job.logits + (<size_t> (b0 + r) * T + t0) * job.vocab,
-                              job.vocab)
-            else:
-                for s in range(tc):
-                    fl_matmul(nb, &job.head_p, inp + <size_t> s * nb * L.out_size, L.out_size,
-                              job.head_b, 0, job.logits + (<size_t> b0 * T + t0 + s) * job.vocab,
-                              T * job.vocab)
-        elif job.logits != NULL:
-            beta = 0.0
-            if job.head_b != NULL:
-                beta = 1.0
-                for r in range(nb):
-                    for s in range(tc):
-                        memcpy(job.logits + (<size_t> (b0 + r) * T + t0 + s) * job.vocab,
-                               job.head_b, job.vocab * sizeof(float))
-            # logits := top . W_head^T (+ bias), in as few GEMMs as the layouts allow: one per
-            # batch row (its steps are nb rows apart in inp, contiguous in the logits), or one
-            # per step (its rows are `steps * vocab` apart in the caller's logits).
-            if tc >= nb:
-                for r in range(nb):
-                    matmul_wt(tc, job.vocab, L.out_size, inp + <size_t> r * L.out_size,
-                              nb * L.out_size, job.head_w, beta,
-                              job.logits + (<size_t> (b0 + r) * T + t0) * job.vocab, job.vocab)
-            else:
-                for s in range(tc):
-                    matmul_wt(nb, job.vocab, L.out_size, inp + <size_t> s * nb * L.out_size,
-                              L.out_size, job.head_w, beta,
-                              job.logits + (<size_t> b0 * T + t0 + s) * job.vocab, T * job.vocab)
-        elif job.y != NULL:
-            for s in range(tc):
-                for r in range(nb):
-                    memcpy(job.y + (<size_t> (b0 + r) * T + t0 + s) * L.out_size,
-                           inp + (<size_t> s * nb + r) * L.out_size, L.out_size * sizeof(float))
+                    memcpy(job.y + (<size_t> (b0 + r) * T + t0 + st) * L.out_size,
+                           inp + (<size_t> st * nb + r) * L.out_size, L.out_size * sizeof(float))
+        # The next chunk overwrites inp, out and xw, which threads may still read.
+        sync(team)
         t0 += tc
 
-    free(inp); free(out); free(xw); free(hw); free(hfull)
+
+cdef int run_alone(const Job *job, int b0, int b1) noexcept nogil:
+    """run_rows for one thread with rows of its own.  Returns 0, or -1 if the scratch could
+    not be allocated."""
+    cdef Scratch s
+    cdef Team alone
+    alone.tid = 0
+    alone.size = 1
+    if not scratch_alloc(&s, job, b1 - b0):
+        return -1
+    run_rows(job, b0, b1, &s, &alone)
+    scratch_free(&s)
+    return 0
+
+
+cdef void run_member(const Job *jobs, int n_jobs, Scratch *s) noexcept nogil:
+    """run_rows over each job as this thread's part of the enclosing parallel region's team."""
+    cdef Team team
+    cdef int j
+    team.tid = openmp.omp_get_thread_num()
+    team.size = openmp.omp_get_num_threads()
+    for j in range(n_jobs):
+        run_rows(&jobs[j], 0, jobs[j].batch, s, &team)
+
+
+cdef int run_team(const Job *jobs, int n_jobs, int team_size) noexcept nogil:
+    """run_rows over all rows of each job in turn, by a team of team_size threads (fewer if
+    OpenMP grants fewer) sharing every product.  Returns 0, or -1 if out of memory."""
+    cdef Scratch s
+    cdef int j
+    cdef int max_steps = 0
+    cdef Job widest
+    for j in range(n_jobs):
+        max_steps = max(max_steps, jobs[j].steps)
+    widest = jobs[0]
+    widest.steps = max_steps
+    if not scratch_alloc(&s, &widest, widest.batch):
+        return -1
+    with parallel(num_threads=team_size):
+        run_member(jobs, n_jobs, &s)
+    # end: with parallel
+    scratch_free(&s)
     return 0
 
 
@@ -230,10 +309,13 @@ def forward(str rnn_type, list layers, *, h, c=None, x=None, ids=None, emb=None,
         per = job.batch // nthreads
         extra = job.batch % nthreads
         with nogil:
-            for tid in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-                # Thread tid takes rows [tid*per + min(tid, extra), ...), one more if tid < extra.
-                status[tid] = run_rows(&job, tid * per + min(tid, extra),
-                                       (tid + 1) * per + min(tid + 1, extra))
+            if job.batch < num_threads:  # fewer rows than threads: all threads share each row
+                failed = run_team(&job, 1, num_threads)
+            else:
+                for tid in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
+                    # Thread tid takes rows [tid*per + min(tid, extra), ...), one more if tid < extra.
+                    status[tid] = run_alone(&job, tid * per + min(tid, extra),
+                                            (tid + 1) * per + min(tid + 1, extra))
         for i in range(nthreads):
             failed |= status[i]
     finally:
@@ -248,9 +330,10 @@ def prefill(str rnn_type, list layers, *, ids, offsets, h, c=None, emb=None, tab
     final state: prompt p is ids[offsets[p]:offsets[p+1]] (at least one id) and its state
     goes to h[p] (num_layers, out_size) and c[p] (num_layers, hidden).
 
-    A prompt's state is computed exactly as if it were alone (the same GEMM shapes whatever
-    else is in the batch), which is what makes seeded generation reproducible.  Prompts are
-    spread over threads; each runs with one-row products.
+    A prompt's state is computed exactly as if it were alone, on matmul.h's row-independent
+    kernels, whatever else is in the batch and however many threads run: what makes seeded
+    generation reproducible.  Prompts are spread over threads; with fewer prompts than
+    threads, all threads share each prompt's products.
     """
     cdef Job base
     cdef const int64_t[::1] ids_view = ids
@@ -263,7 +346,7 @@ def prefill(str rnn_type, list layers, *, ids, offsets, h, c=None, emb=None, tab
     base.batch = 1
     base.x = NULL
     fill_layer0_input(&base.emb, &base.table, emb, table)
-    base.blas = use_blas(layers, None, None)
+    base.blas = False  # matmul.h for every precision: the same bits for any thread count
     base.y = NULL
     base.logits = NULL
     base.head_w = NULL
@@ -288,9 +371,11 @@ def prefill(str rnn_type, list layers, *, ids, offsets, h, c=None, emb=None, tab
             jobs[p].h = h_all + <size_t> p * h_stride
             jobs[p].c = c_all + <size_t> p * c_stride if c_all != NULL else NULL
         with nogil:
-            for p in prange(n_prompts, num_threads=max(1, min(num_threads, n_prompts)),
-                            schedule="dynamic"):
-                status[p] = run_rows(&jobs[p], 0, 1)
+            if n_prompts < num_threads:  # fewer prompts than threads: all threads share each
+                status[0] = run_team(jobs, n_prompts, num_threads)
+            else:
+                for p in prange(n_prompts, num_threads=num_threads, schedule="dynamic"):
+                    status[p] = run_alone(&jobs[p], 0, 1)
         for p in range(n_prompts):
             failed |= status[p]
     finally:

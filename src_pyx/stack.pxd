@@ -6,7 +6,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from blas cimport matmul_wt
-from matmul cimport FL_I8, fl_gather_rows, fl_matmul, fl_matrix, fl_packed_size
+from matmul cimport FL_I8, fl_gather_rows, fl_matmul_part, fl_matrix, fl_packed_size
 from cells cimport gru_step, lstm_step, rnn_step
 
 import numpy as np
@@ -33,6 +33,36 @@ cdef struct Layer:
     int in_size
     int hidden
     int out_size
+
+
+cdef extern from "team.h" nogil:
+    void fl_barrier()
+
+
+cdef struct Team:
+    # The threads working on the same rows: this thread's index in the team, and its size.
+    # A team of one is a thread with rows of its own (no barriers, every product whole).
+    int tid
+    int size
+
+
+cdef inline void sync(const Team *team) noexcept nogil:
+    """Wait until every thread of the team is here (nothing for a team of one)."""
+    if team.size > 1:
+        fl_barrier()
+
+
+cdef inline void team_units(const Team *team, int hidden, int *j0, int *j1) noexcept nogil:
+    """This thread's hidden units [j0, j1): an even share, in blocks of 8 (the vector width)."""
+    cdef int blocks = (hidden + 7) // 8
+    j0[0] = min(hidden, 8 * (blocks * team.tid // team.size))
+    j1[0] = min(hidden, 8 * (blocks * (team.tid + 1) // team.size))
+
+
+cdef inline void team_matmul(const Team *team, int m, const fl_matrix *W, const float *x,
+                             int ldx, const float *bias, float *y, int ldy) noexcept nogil:
+    """y := x . W^T (+ bias): this thread's share of the panels (all of them in a team of one)."""
+    fl_matmul_part(team.tid, team.size, m, W, x, ldx, bias, 0, y, ldy)
 
 
 cdef struct Rows:
@@ -158,42 +188,49 @@ cdef inline Layer *layers_from_packed(list packed) except NULL:
 
 cdef inline void layer_step(int cell, const Layer *L, int rows, const float *xw,
                             const float *h_prev, float *h_new, float *c, float *hw,
-                            float *hfull, bint panels) noexcept nogil:
+                            float *hfull, bint panels, const Team *team) noexcept nogil:
     """One time step of one layer for `rows` sequences (PyTorch's cell equations).
 
     xw: (rows, gates*hidden) input projections with biases; h_prev, h_new: (rows, out_size)
     (they may be the same buffer); c: (rows, hidden) LSTM cell state, updated in place;
     hw: (rows, gates*hidden) and hfull: (rows, hidden) scratch.  `panels`: multiply with
-    matmul.h's kernel on the panels (row-independent, any precision) instead of BLAS.
+    matmul.h's kernel on the panels (row-independent, any precision) instead of BLAS (teams
+    of more than one always use the panels).  The team splits the products by panels and
+    the cell update by units; xw must be complete at the first sync, h_new is at return.
     """
-    cdef int G = gates_of(cell)
+    cdef int G = gates_of(cell), j0, j1
     # hw := h_prev . W_hh^T
-    if panels:
-        fl_matmul(rows, &L.w_hh_p, h_prev, L.out_size, NULL, 0, hw, G * L.hidden)
+    if panels or team.size > 1:
+        team_matmul(team, rows, &L.w_hh_p, h_prev, L.out_size, NULL, hw, G * L.hidden)
     else:
         matmul_wt(rows, G * L.hidden, L.out_size, h_prev, L.out_size, L.w_hh, 0.0, hw, G * L.hidden)
+    sync(team)
+    team_units(team, L.hidden, &j0, &j1)
     if cell == CELL_LSTM:
         if L.w_hr_p.panels != NULL:  # proj_size
-            lstm_step(rows, L.hidden, xw, hw, c, hfull)
+            lstm_step(rows, L.hidden, j0, j1, xw, hw, c, hfull)
+            sync(team)
             # h = W_hr (o * tanh(c))
-            if panels:
-                fl_matmul(rows, &L.w_hr_p, hfull, L.hidden, NULL, 0, h_new, L.out_size)
+            if panels or team.size > 1:
+                team_matmul(team, rows, &L.w_hr_p, hfull, L.hidden, NULL, h_new, L.out_size)
             else:
                 matmul_wt(rows, L.out_size, L.hidden, hfull, L.hidden, L.w_hr, 0.0, h_new, L.out_size)
         else:
-            lstm_step(rows, L.hidden, xw, hw, c, h_new)
+            lstm_step(rows, L.hidden, j0, j1, xw, hw, c, h_new)
     elif cell == CELL_GRU:
-        gru_step(rows, L.hidden, xw, hw, L.bias_hn, h_prev, h_new)
+        gru_step(rows, L.hidden, j0, j1, xw, hw, L.bias_hn, h_prev, h_new)
     else:
-        rnn_step(rows, L.hidden, xw, hw, cell == CELL_RNN_RELU, h_new)
+        rnn_step(rows, L.hidden, j0, j1, cell == CELL_RNN_RELU, xw, hw, h_new)
+    sync(team)
 
 
 cdef inline void input_projection(const Layer *L, int gates, int rows, const float *x,
-                                  float *xw, bint panels) noexcept nogil:
-    """xw (rows, gates*hidden) := x (rows, in_size) . W_ih^T + bias_x."""
+                                  float *xw, bint panels, const Team *team) noexcept nogil:
+    """xw (rows, gates*hidden) := x (rows, in_size) . W_ih^T + bias_x (the team's share of
+    the panels; no sync: layer_step's first one covers it)."""
     cdef int r, width = gates * L.hidden
-    if panels:
-        fl_matmul(rows, &L.w_ih_p, x, L.in_size, L.bias_x, 0, xw, width)
+    if panels or team.size > 1:
+        team_matmul(team, rows, &L.w_ih_p, x, L.in_size, L.bias_x, xw, width)
         return
     for r in range(rows):
         memcpy(xw + <size_t> r * width, L.bias_x, width * sizeof(float))
