@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fastlstm import _rnn
+from fastlstm import _rnn, isa
 from fastlstm.model import state_buffers
 from fastlstm.pack import pack_layers
 from fastlstm.threads import resolve_num_threads
@@ -44,7 +44,7 @@ class _Recurrent:
         self.num_layers = len(stack.layers)
         self.bias = stack.bias
         self.num_threads = resolve_num_threads(num_threads)
-        self._layers = pack_layers(stack)
+        self._layers = pack_layers(stack, row_major=not isa.vector_kernels())
 
     @classmethod
     def _check_module(cls, module):

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from fastlstm import _rnn
+from fastlstm import _rnn, isa
 from fastlstm import generation
 from fastlstm.config import ModelConfig
 from fastlstm.pack import input_table, pack_layers, pack_matrix
@@ -79,11 +79,13 @@ class Model:
         self.num_threads = resolve_num_threads(num_threads)
         self.dtype = dtype = check_dtype(dtype)
         self.path = path
-        self._layers = pack_layers(weights.recurrent, dtype)
+        # Every product runs on fastlstm's kernels (matmul.h's panels); on a CPU without
+        # their vector paths, float32 models also keep row-major copies for BLAS in forward().
+        blas = dtype == "float32" and not isa.vector_kernels()
+        self._layers = pack_layers(weights.recurrent, dtype, row_major=blas)
         head = convert(weights.head_weight, dtype, "the head")  # (V, out)
         self._head = pack_matrix(head)
-        # float32 models also keep the head row-major, for BLAS in forward().
-        self._head_weight = head.data if dtype == "float32" else None
+        self._head_weight = head.data if blas else None  # (V, out) row-major, for BLAS
         self._head_bias = (None if weights.head_bias is None
                            else np.ascontiguousarray(weights.head_bias, dtype=np.float32))  # (V,)
         embedding = convert(weights.embedding, dtype, "the embedding")  # (V, E)
@@ -105,8 +107,8 @@ class Model:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of weights held in memory (the lookup table and, for float32 models, the
-        row-major copies BLAS reads included)."""
+        """Bytes of weights held in memory (the lookup table and any row-major copies for
+        BLAS included)."""
         arrays = [self._head_weight, self._head.panels, self._head.scale, self._head_bias]
         for rows in (self._table, self._embedding):
             if rows is not None:

@@ -75,7 +75,8 @@ class PackedLayer:
     w_ih_panels: PackedMatrix  # (gates*hidden, in_size)
     w_hh_panels: PackedMatrix  # (gates*hidden, out_size)
     w_hr_panels: PackedMatrix | None  # (proj_size, hidden) LSTM projection
-    # float32 models also keep the row-major weights, for BLAS in forward and prefill.
+    # Row-major float32 copies for BLAS in forward(), kept only for float32 models on CPUs
+    # without fastlstm's vector kernels (pack_layer's row_major).
     w_ih: np.ndarray | None = None  # (gates*hidden, in_size)
     w_hh: np.ndarray | None = None  # (gates*hidden, out_size)
     w_hr: np.ndarray | None = None  # (proj_size, hidden)
@@ -95,7 +96,7 @@ def _c_float32(array: np.ndarray) -> np.ndarray:
 
 
 def pack_layer(rnn_type: str, hidden: int, layer: LayerWeights, dtype: str = "float32",
-               index: int = 0) -> PackedLayer:
+               index: int = 0, row_major: bool = False) -> PackedLayer:
     gates_hidden = layer.weight_hh.shape[0]
     b_ih = layer.bias_ih if layer.bias_ih is not None else np.zeros(gates_hidden, np.float32)
     b_hh = layer.bias_hh if layer.bias_hh is not None else np.zeros(gates_hidden, np.float32)
@@ -109,18 +110,20 @@ def pack_layer(rnn_type: str, hidden: int, layer: LayerWeights, dtype: str = "fl
     def packed(w, name):
         return None if w is None else pack_matrix(convert(w, dtype, f"{name}_l{index}"))
 
-    row_major = {}
-    if dtype == "float32":
-        row_major = {"w_ih": _c_float32(layer.weight_ih), "w_hh": _c_float32(layer.weight_hh),
-                     "w_hr": None if layer.weight_hr is None else _c_float32(layer.weight_hr)}
+    copies = {}
+    if row_major and dtype == "float32":
+        copies = {"w_ih": _c_float32(layer.weight_ih), "w_hh": _c_float32(layer.weight_hh),
+                  "w_hr": None if layer.weight_hr is None else _c_float32(layer.weight_hr)}
     return PackedLayer(hidden_size=hidden, bias_x=_c_float32(bias_x), bias_hn=bias_hn,
                        w_ih_panels=packed(layer.weight_ih, "weight_ih"),
                        w_hh_panels=packed(layer.weight_hh, "weight_hh"),
-                       w_hr_panels=packed(layer.weight_hr, "weight_hr"), **row_major)
+                       w_hr_panels=packed(layer.weight_hr, "weight_hr"), **copies)
 
 
-def pack_layers(recurrent: RecurrentWeights, dtype: str = "float32") -> list[PackedLayer]:
-    return [pack_layer(recurrent.rnn_type, recurrent.hidden_size, layer, dtype, i)
+def pack_layers(recurrent: RecurrentWeights, dtype: str = "float32",
+                row_major: bool = False) -> list[PackedLayer]:
+    """Every layer packed; `row_major`: float32 layers also keep row-major copies for BLAS."""
+    return [pack_layer(recurrent.rnn_type, recurrent.hidden_size, layer, dtype, i, row_major)
             for i, layer in enumerate(recurrent.layers)]
 
 

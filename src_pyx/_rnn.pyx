@@ -8,10 +8,11 @@
 # Batch rows are split across OpenMP threads; each thread runs the whole stack for its rows
 # with its own scratch, allocated once per call.  With fewer rows than threads (batch 1),
 # the threads form one team that shares every product by panels and every cell update by
-# hidden units (stack.pxd's Team), meeting at a barrier between them.  forward() multiplies
-# float32 models with single-threaded BLAS when each thread has rows of its own; everything
-# else (teams, other precisions, and prefill, whose bits must not depend on the thread
-# count) runs matmul.h's kernel on the panels.
+# hidden units (stack.pxd's Team), meeting at a barrier between them.  Products run on
+# matmul.h's kernels on the panels, so a row's bits depend neither on the batch nor on the
+# thread count; only float32 models on CPUs without matmul.h's vector paths hold row-major
+# copies too, which forward() then multiplies with single-threaded BLAS when each thread
+# has rows of its own (prefill never does: its bits must not depend on the thread count).
 #
 # The Python layer (fastlstm.model, fastlstm.layers) validates every argument, allocates the
 # outputs and packs the weights; this module trusts what it is given.
@@ -259,7 +260,8 @@ def max_threads():
 
 
 cdef bint use_blas(list layers, head_w, logits) except -1:
-    """BLAS when every weight is also held row-major in float32 (float32 models)."""
+    """BLAS when every weight is also held row-major in float32 (float32 models on CPUs
+    without matmul.h's vector paths: fastlstm.isa.vector_kernels)."""
     return all(layer.w_ih is not None for layer in layers) and (logits is None or head_w is not None)
 
 

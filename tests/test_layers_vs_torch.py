@@ -161,6 +161,16 @@ def test_num_threads_keyword():
         check_layer(module, fastlstm.LSTM(weights, num_threads=threads), x, what=f"{threads} threads")
 
 
+def test_blas_on_cpus_without_vector_kernels(monkeypatch):
+    monkeypatch.setattr(fastlstm.isa, "vector_kernels", lambda: False)
+    for spec in [("LSTM", 16, 33, 2, 9, True), ("GRU", 16, 33, 2, 0, True)]:
+        module = make_torch_layer(spec, 4)
+        layer = fastlstm.LSTM.from_torch(module) if spec[0] == "LSTM" else fastlstm.GRU.from_torch(module)
+        assert layer._layers[0].w_ih is not None  # BLAS reads these
+        x = np.random.default_rng(1).uniform(-1, 1, (8, 5, 16)).astype(np.float32)
+        check_layer(module, layer, x, what=f"{spec[0]} with BLAS")
+
+
 def test_bidirectional_module_is_refused():
     module = nn.LSTM(3, 4, 1, batch_first=True, bidirectional=True)
     with pytest.raises(ValueError, match=r"(?i)bidirectional|reverse"):

@@ -343,6 +343,35 @@ def test_num_threads(tmp_path, num_threads):
     assert_state_close(state, expected_state, REL)
 
 
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_blas_forward_on_cpus_without_vector_kernels(tmp_path, monkeypatch, num_threads):
+    """Where the CPU has no AVX2, float32 models keep row-major copies and forward() runs
+    BLAS for rows a thread has alone (batch 5), matmul.h's scalar path in teams (batch 1)."""
+    monkeypatch.setattr(fastlstm.isa, "vector_kernels", lambda: False)
+    case = LMCase("LSTM", 2, 300, 32, 57, proj=20, batch=5, seq=6, seed=35).check()
+    torch_model = build_model(case)
+    path = tmp_path / "m.safetensors"
+    save_case(torch_model, case, path)
+    ref = stored_model(torch_model, "float32")
+    model = fastlstm.load(str(path), num_threads=num_threads)
+    assert model._head_weight is not None and model._layers[0].w_ih is not None
+    assert fastlstm.load(str(path), dtype="float16")._head_weight is None
+    for batch in (5, 1):
+        ids = np.random.default_rng(4).integers(0, 300, (batch, 6))
+        expected_logits, expected_state = torch_forward(ref, ids)
+        logits, state = model.forward(ids)
+        assert_close(logits, expected_logits, REL, f"BLAS, batch {batch}")
+        assert_state_close(state, expected_state, REL)
+
+
+def test_vector_kernels_hold_no_row_major_copies(tmp_path):
+    if not fastlstm.isa.vector_kernels():
+        pytest.skip("this CPU runs the portable path")
+    lo = _make(tmp_path, rnn_type="LSTM", num_layers=2, vocab=12, emb=4, hidden=5, seed=36)
+    assert lo.model._head_weight is None
+    assert all(layer.w_ih is None and layer.w_hh is None for layer in lo.model._layers)
+
+
 def test_load_accepts_pathlike(tmp_path):
     lo = _make(tmp_path, rnn_type="GRU", num_layers=1, vocab=12, emb=4, hidden=5, seed=36)
     model = fastlstm.load(lo.path)  # a pathlib.Path, not a str
