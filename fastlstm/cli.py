@@ -239,13 +239,15 @@ def _add_info(subparsers) -> None:
         "  fastlstm info model.safetensors",
     )
     p.add_argument("model", metavar="MODEL", help="a fastlstm model file (.safetensors)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads the model would run with (default: OMP_NUM_THREADS or all cores)")
     p.set_defaults(run=_run_info)
 
 
 def _run_info(args) -> int:
     import fastlstm
 
-    model = fastlstm.load(args.model)
+    model = fastlstm.load(args.model, num_threads=args.threads)
     c = model.config
     yes_no = {True: "yes", False: "no"}
     rows = [
@@ -262,6 +264,10 @@ def _run_info(args) -> int:
         ("dtype", model.dtype),
         ("weight bytes", f"{_human_bytes(model.nbytes)} ({model.nbytes:,} bytes in memory)"),
         ("tokenizer", repr(model.tokenizer) if model.tokenizer is not None else "none"),
+        ("kernel path", f"{model.kernel_path} (this CPU runs: "
+                        f"{', '.join(fastlstm.isa.available())}; FASTLSTM_ISA forces one)"),
+        ("threads", f"{model.num_threads} (batches of fewer rows share every product)"
+                    if model.num_threads > 1 else "1"),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

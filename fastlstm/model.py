@@ -70,6 +70,11 @@ class Model:
 
     Build it with `fastlstm.load`.  Weights are converted to `dtype` and packed once here;
     every call allocates its outputs and runs the whole stack in one nogil kernel.
+
+    Attributes: `config` (ModelConfig), `tokenizer`, `dtype` (the weights' precision),
+    `num_threads` (threads per call: a batch with at least as many rows gives each thread
+    whole rows, a smaller one, batch 1 above all, splits every product across them),
+    `kernel_path` (the instruction sets the kernels use).
     """
 
     def __init__(self, weights: ModelWeights, *, tokenizer=None, num_threads: int | None = None,
@@ -118,13 +123,20 @@ class Model:
         unique = {id(a): a for a in arrays if a is not None}
         return sum(a.nbytes for a in unique.values())
 
+    @property
+    def kernel_path(self) -> str:
+        """The instruction sets the kernels run on: "portable", "avx2" or "avx512" (the same
+        for every model in the process; see fastlstm.isa).  Every path gives the same bits."""
+        return isa.kernel_path()
+
     def __repr__(self) -> str:
         c = self.config
         proj = f", proj_size={c.proj_size}" if c.proj_size else ""
         tied = ", tied" if c.tied else ""
         return (f"Model({c.rnn_type}, layers={c.num_layers}, vocab={c.vocab_size}, "
                 f"embedding={c.embedding_dim}, hidden={c.hidden_size}{proj}{tied}, "
-                f"params={c.num_parameters:,}, dtype={self.dtype})")
+                f"params={c.num_parameters:,}, dtype={self.dtype}, threads={self.num_threads}, "
+                f"kernels={self.kernel_path})")
 
     # -- state ------------------------------------------------------------------------------
 

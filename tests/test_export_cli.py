@@ -333,8 +333,19 @@ def test_cli_info(tmp_path, capsys):
     assert rows["dtype"] == "float32"
     assert rows["tokenizer"] == f"CharTokenizer(vocab_size={V})"
     assert f"({model.nbytes:,} bytes in memory)" in rows["weight bytes"]
+    assert rows["kernel path"].startswith(f"{fastlstm.isa.kernel_path()} (this CPU runs: "
+                                          f"{', '.join(fastlstm.isa.available())};")
+    assert rows["threads"].split()[0] == str(model.num_threads)
     # Values start in one column: the table is aligned.
     assert len({line.index(value) for line, value in zip(out.splitlines(), rows.values())}) == 1
+
+
+def test_cli_info_threads(tmp_path, capsys):
+    path = tmp_path / "model.safetensors"
+    export(make_model("GRU"), path, vocab=list("abcdefghij\n"))
+    for threads in ("1", "2"):
+        code, out, _ = run(["info", path, "--threads", threads], capsys)
+        assert code == 0 and re.search(rf"^threads\s+{threads}\b", out, re.M), out
 
 
 def test_cli_info_errors(tmp_path, capsys):

@@ -99,9 +99,12 @@ def test_every_path_and_thread_count_gives_the_portable_bits(model_files, on_pat
                                  f"{path}, {threads} threads")
 
 
-def test_the_fastest_path_is_the_default():
+def test_the_fastest_path_is_the_default_and_models_say_which():
     assert isa.kernel_path() == isa.available()[-1]
     assert isa.available()[0] == "portable"
+    model = fastlstm.load(num_threads=2)
+    assert model.kernel_path == isa.kernel_path()
+    assert repr(model).endswith(f", threads=2, kernels={isa.kernel_path()})")
 
 
 def test_selecting_a_path_the_cpu_lacks_is_an_error(monkeypatch):
