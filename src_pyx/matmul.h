@@ -590,7 +590,16 @@ typedef void (*fl_tile_i8_fn)(const fl_matrix *, int, const int16_t *, int, cons
 #define FL_VNNI_TARGET "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"
 #define FL_I8_NAME(f) f##_vnni
 #define FL_I8_TARGET FL_VNNI_TARGET
-#define FL_I8_DOT(acc, x, w) _mm256_dpwssd_epi32(acc, x, w)
+/* vpdpwssd accumulates in place; written as asm so that GCC keeps each accumulator in one
+ * register.  With the intrinsic, GCC 12 copied all 12 accumulators of the 6x1 tile every
+ * iteration: 75 GMAC/s at 64x2048x512 on Zen 4, 104 with the asm (fp32 tiles: 57). */
+static inline __attribute__((always_inline, target(FL_VNNI_TARGET))) __m256i
+fl_dpwssd(__m256i acc, __m256i x, __m256i w)
+{
+    __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
+    return acc;
+}
+#define FL_I8_DOT(acc, x, w) fl_dpwssd(acc, x, w)
 #include "tile_i8.h"
 #undef FL_I8_NAME
 #undef FL_I8_TARGET

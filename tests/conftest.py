@@ -320,6 +320,27 @@ def assert_state_close(actual, expected, rel: float, what: str = "state"):
         assert_close(actual, expected, rel, what, floor=1.0)
 
 
+def pytest_generate_tests(metafunc):
+    """A test that takes `vector_path` runs once per vector kernel path this CPU has
+    (fastlstm.isa: avx2, avx512), with that path selected; on a CPU without one, once on
+    the portable path."""
+    if "vector_path" in metafunc.fixturenames:
+        from fastlstm import isa
+
+        paths = [p for p in isa.available() if p != "portable"] or ["portable"]
+        metafunc.parametrize("vector_path", paths, indirect=True)
+
+
+@pytest.fixture
+def vector_path(request):
+    from fastlstm import isa
+
+    before = isa.kernel_path()
+    isa._select(request.param)
+    yield request.param
+    isa._select(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     random.seed(0)

@@ -79,7 +79,7 @@ def test_pack_layout(n, k):
 @pytest.mark.parametrize("n", NS)
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("force_scalar", [False, True])
-def test_matches_float64_and_the_fma_chain(n, k, force_scalar):
+def test_matches_float64_and_the_fma_chain(n, k, force_scalar, vector_path):
     for m in ([1, 2, 3, 5, 6, 7, 13, 70] if n * k < 100_000 else [1, 4, 9]):
         x, w, bias = problem(m, n, k)
         packed = pack_matrix(w)
@@ -92,7 +92,7 @@ def test_matches_float64_and_the_fma_chain(n, k, force_scalar):
 
 
 @pytest.mark.parametrize("n,k", [(17, 7), (257, 64), (2051, 65)])
-def test_every_m_from_1_to_70(n, k):
+def test_every_m_from_1_to_70(n, k, vector_path):
     x, w, bias = problem(70, n, k)
     packed = pack_matrix(w)
     for m in range(1, 71):
@@ -133,8 +133,8 @@ def test_a_row_does_not_depend_on_the_others_values():
 
 @pytest.mark.parametrize("n", NS)
 @pytest.mark.parametrize("k", [1, 7, 64, 513])
-def test_scalar_path_equals_avx2_path(n, k):
-    if not _matmul.has_avx2():
+def test_scalar_path_equals_the_vector_path(n, k, vector_path):
+    if vector_path == "portable":
         pytest.skip("this CPU runs the scalar path only")
     m = 70 if n * k < 100_000 else 13
     x, w, bias = problem(m, n, k, seed=2)
@@ -164,7 +164,7 @@ def test_same_bits_from_concurrent_threads():
 
 @pytest.mark.parametrize("force_scalar", [False, True])
 @pytest.mark.parametrize("m,n,k", [(1, 17, 7), (9, 33, 64), (70, 257, 5)])
-def test_strided_rows(m, n, k, force_scalar):
+def test_strided_rows(m, n, k, force_scalar, vector_path):
     x, w, bias = problem(m, n, k)
     packed = pack_matrix(w)
     expected = _matmul.matmul(x, packed, bias, force_scalar=force_scalar)
@@ -180,7 +180,7 @@ def test_strided_rows(m, n, k, force_scalar):
 
 @pytest.mark.parametrize("force_scalar", [False, True])
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 100])
-def test_accumulate_and_bias(n, force_scalar):
+def test_accumulate_and_bias(n, force_scalar, vector_path):
     m, k = 8, 19
     x, w, bias = problem(m, n, k)
     packed = pack_matrix(w)
