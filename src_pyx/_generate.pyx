@@ -13,7 +13,6 @@
 # fastlstm.generation validates every input and owns these arrays; this module trusts them.
 
 from cython.parallel cimport parallel, prange
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 cimport openmp
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -23,7 +22,9 @@ from matmul cimport fl_matrix
 from sampler cimport Candidate, SamplingParams, coin, sample_token
 from stack cimport (Layer, Rows, Team, cell_code, fill_layer0_input, fill_matrix, float_ptr,
                     gates_of, gather_rows, input_projection, layer_step, layers_from_packed,
-                    sync, team_matmul)
+                    sync, sync_after_solo, team_matmul, team_of, team_solo_over, team_take_waits,
+                    team_wants_solo, fl_get_team_solo_until, fl_team, fl_team_free,
+                    fl_team_new, fl_now_ns)
 
 import numpy as np
 
@@ -35,19 +36,13 @@ cdef extern from "Python.h":
     int PyErr_CheckSignals()
 
 
-cdef inline long long now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec * 1_000_000_000LL + ts.tv_nsec
-
-
 cdef inline bint interrupted(int *cancel, bint watch, long long *next_check) noexcept nogil:
     """Whether to stop now.  The watching thread (the Python thread that called, when that is
     the main thread) takes the GIL every 10 ms to run signal handlers; a KeyboardInterrupt
     stays set as the pending exception, and `cancel` stops every thread."""
     cdef long long t
     if watch:
-        t = now_ns()
+        t = fl_now_ns()
         if t >= next_check[0]:
             next_check[0] = t + SIGNAL_CHECK_NS
             with gil:
@@ -183,8 +178,8 @@ cdef void scratch_free(Scratch *s) noexcept nogil:
 
 cdef struct Control:
     # What thread 0 of a team decides for all of it at the top of each step.
-    int n       # running rows
     int stop    # nonzero: leave the loop
+    int solo    # nonzero: thread 0 takes the next steps alone, the others wait
 
 
 cdef void step_stack(const Run *run, int begin, int n, Scratch *s, const Team *team) noexcept nogil:
@@ -245,38 +240,61 @@ cdef void compact_slots(Run *run, int begin, int *n_active, Scratch *s) noexcept
                 s.done[i] = s.done[n_active[0]]
 
 
+cdef int decode_step(Run *run, int begin, int *n_active, Scratch *s, const Team *team) noexcept nogil:
+    """One token for each of the n_active running slots from `begin`: the stack, the head,
+    then (thread 0) the sampler and the stop checks.  Returns OK, or NAN_LOGITS."""
+    cdef int n = n_active[0], status = OK
+    cdef const Layer *top = &run.layers[run.num_layers - 1]
+    step_stack(run, begin, n, s, team)
+    # Head: logits := h_top . W_head^T + b_head
+    team_matmul(team, n, &run.head, run.h + (<size_t> (run.num_layers - 1) * run.batch + begin) * top.out_size,
+                top.out_size, run.head_b, s.logits, run.vocab)
+    sync(team)
+    if team.tid == 0:
+        status = sample_and_record(run, begin, n, s)
+        if status == OK:
+            compact_slots(run, begin, n_active, s)
+    return status
+
+
 cdef int decode_slots(Run *run, int begin, int *n_active, int steps, int *cancel,
-                      bint watch, Scratch *s, Control *ctl, const Team *team) noexcept nogil:
+                      bint watch, Scratch *s, Control *ctl, Team *team) noexcept nogil:
     """Generate up to `steps` tokens for the running rows in slots [begin, begin + *n_active).
     Rows that stop are moved behind the running ones and *n_active shrinks.
 
     Every thread of `team` calls this with the same arguments (s and ctl shared): thread 0
-    watches for signals, samples and moves slots, and the team shares every product.  Returns
-    the status (thread 0's is the one that counts)."""
-    cdef int step, n, status = OK
-    cdef const Layer *top = &run.layers[run.num_layers - 1]
+    watches for signals, samples and moves slots, and decides; the team shares every
+    product, except while thread 0 works alone (stack.pxd's team_wants_solo) and the others
+    wait at the barrier that starts each step.  Returns the status (thread 0's is the one
+    that counts)."""
+    cdef int done = 0, status = OK
     cdef long long next_check = 0
-    for step in range(steps):
+    cdef Team alone = team_of(0, 1, NULL)
+    while True:
         if team.tid == 0:
             if status == OK and interrupted(cancel, watch, &next_check):
                 status = INTERRUPTED
-            ctl.n = n_active[0]
-            ctl.stop = status != OK or ctl.n == 0
+            ctl.stop = status != OK or n_active[0] == 0 or done >= steps
+            ctl.solo = not ctl.stop and team.size > 1 and team_wants_solo(team)
         sync(team)
         if ctl.stop:
             break
-        n = ctl.n
-        step_stack(run, begin, n, s, team)
-        # Head: logits := h_top . W_head^T + b_head
-        team_matmul(team, n, &run.head, run.h + (<size_t> (run.num_layers - 1) * run.batch + begin) * top.out_size,
-                    top.out_size, run.head_b, s.logits, run.vocab)
-        sync(team)
-        if team.tid == 0:
-            status = sample_and_record(run, begin, n, s)
-            if status != OK:
-                cancel[0] = 1  # the call fails: the other threads need not finish their rows
-            else:
-                compact_slots(run, begin, n_active, s)
+        if ctl.solo:
+            if team.tid == 0:
+                while status == OK and n_active[0] > 0 and done < steps:
+                    status = decode_step(run, begin, n_active, s, &alone)
+                    done += 1
+                    if team_solo_over(team) or interrupted(cancel, watch, &next_check):
+                        break
+            # The others wait here; thread 0 rewrites ctl only after every thread read it.
+            sync_after_solo(team)
+            if team.tid == 0:
+                team_take_waits(team)  # a new window, without the time alone
+            continue
+        status = decode_step(run, begin, n_active, s, team)
+        done += 1
+    if status == NAN_LOGITS:
+        cancel[0] = 1  # the call fails: the other threads need not finish their rows
     return status
 
 
@@ -285,10 +303,8 @@ cdef int decode_alone(Run *run, int begin, int *n_active, int steps, int *cancel
     """decode_slots for a thread with slots of its own (a team of one), with its own scratch."""
     cdef Scratch s
     cdef Control ctl
-    cdef Team alone
+    cdef Team alone = team_of(0, 1, NULL)
     cdef int status
-    alone.tid = 0
-    alone.size = 1
     if n_active[0] == 0:
         return OK
     if not scratch_alloc(&s, run, n_active[0]):
@@ -380,11 +396,9 @@ def decode(str rnn_type, list layers, *, emb, table, head, int vocab, head_b,
 
 
 cdef int decode_member(Run *run, int *n_active, int steps, int *cancel, bint watch,
-                       Scratch *s, Control *ctl) noexcept nogil:
+                       Scratch *s, Control *ctl, fl_team *shared) noexcept nogil:
     """decode_slots as this thread's part of the enclosing parallel region's team."""
-    cdef Team team
-    team.tid = openmp.omp_get_thread_num()
-    team.size = openmp.omp_get_num_threads()
+    cdef Team team = team_of(openmp.omp_get_thread_num(), openmp.omp_get_num_threads(), shared)
     return decode_slots(run, 0, n_active, steps, cancel, watch and team.tid == 0, s, ctl, &team)
 
 
@@ -395,17 +409,27 @@ cdef void decode_team(Run *run, int *n_active, int steps, int *cancel, bint watc
     cdef Scratch s
     cdef Control ctl
     cdef int result
+    cdef fl_team *shared
     if n_active[0] == 0:
         return
-    if not scratch_alloc(&s, run, n_active[0]):
+    shared = fl_team_new(team_size)
+    if shared == NULL or not scratch_alloc(&s, run, n_active[0]):
+        fl_team_free(shared)
         status[0] = NO_MEMORY
         return
     with nogil, parallel(num_threads=team_size):
-        result = decode_member(run, n_active, steps, cancel, watch, &s, &ctl)
+        result = decode_member(run, n_active, steps, cancel, watch, &s, &ctl, shared)
         if openmp.omp_get_thread_num() == 0:
             status[0] = result
     # end: with nogil, parallel
     scratch_free(&s)
+    fl_team_free(shared)
+
+
+def team_solo_until():
+    """When (CLOCK_MONOTONIC ns) this module's teams go back to sharing work after thread 0
+    last found them kept off their cores (0: never): for tests."""
+    return fl_get_team_solo_until()
 
 
 def sample(logits, seen=None, *, double temperature=1.0, int top_k=0, double top_p=1.0,

@@ -18,7 +18,7 @@
 # outputs and packs the weights; this module trusts what it is given.
 
 from cython.parallel cimport parallel, prange
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport free, malloc
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
@@ -26,7 +26,9 @@ from blas cimport matmul_wt
 from matmul cimport fl_matrix
 from stack cimport (Layer, Rows, Team, cell_code, fill_layer0_input, fill_matrix, float_ptr,
                     gates_of, gather_rows, input_projection, layer_step, layers_from_packed,
-                    sync, team_matmul)
+                    sync, sync_after_solo, team_matmul, team_of, team_solo_over, team_take_waits,
+                    team_wants_solo, fl_get_team_solo_until, fl_team, fl_team_free,
+                    fl_team_new)
 
 cimport openmp
 
@@ -35,9 +37,11 @@ import numpy as np
 include "isa.pxi"
 
 # Rows (time steps x batch rows) per input-projection GEMM: large enough for BLAS to run at
-# full speed, small enough that a thread's scratch stays a few MB.
+# full speed, small enough that a thread's scratch stays a few MB.  A team asks whether
+# thread 0 should work alone (stack.pxd's team_wants_solo) every TEAM_CHECK_STEPS steps.
 cdef enum:
     ROWS_PER_CHUNK = 256
+    TEAM_CHECK_STEPS = 8
 
 
 cdef struct Job:
@@ -71,6 +75,10 @@ cdef struct Scratch:
     float *xw              # (chunk, nb, gates*hidden)
     float *hw              # (nb, gates*hidden)
     float *hfull           # (nb, hidden)
+    # A team's word from thread 0 (steps_alone): whether it works alone, and from which step
+    # the team goes on.
+    int solo
+    int resume
 
 
 cdef bint scratch_alloc(Scratch *s, const Job *job, int nb) noexcept nogil:
@@ -153,7 +161,44 @@ cdef void head_product(const Job *job, int b0, int nb, int t0, int tc, const flo
                             job.head_b, job.logits + (<size_t> b0 * T + t0 + st) * V, T * V)
 
 
-cdef void run_rows(const Job *job, int b0, int b1, Scratch *s, const Team *team) noexcept nogil:
+cdef inline void step_layer(const Job *job, const Layer *L, int nb, int st, float *h_state,
+                            float *c_state, float *out, Scratch *s, bint panels,
+                            const Team *team) noexcept nogil:
+    """Step st of the chunk for layer L: out[st] from out[st-1] (h_state at st = 0), the
+    time-major layout making each step's rows contiguous."""
+    cdef int G = gates_of(job.cell)
+    layer_step(job.cell, L, nb, s.xw + <size_t> st * nb * G * L.hidden,
+               h_state if st == 0 else out + <size_t> (st - 1) * nb * L.out_size,
+               out + <size_t> st * nb * L.out_size, c_state, s.hw, s.hfull, panels, team)
+
+
+cdef int steps_alone(const Job *job, const Layer *L, int nb, int st, int tc, float *h_state,
+                     float *c_state, float *out, Scratch *s, Team *team) noexcept nogil:
+    """Step st of a team's chunk, and maybe more: thread 0 asks team_wants_solo (stack.pxd);
+    if so, it runs the steps from st alone until its time alone is up or the chunk ends,
+    while the others wait; if not, the team runs step st.  Returns, to every thread, the
+    next step."""
+    cdef Team alone = team_of(0, 1, NULL)
+    if team.tid == 0:
+        s.solo = team_wants_solo(team)
+    sync(team)
+    if not s.solo:
+        step_layer(job, L, nb, st, h_state, c_state, out, s, True, team)
+        return st + 1
+    if team.tid == 0:
+        while st < tc:
+            step_layer(job, L, nb, st, h_state, c_state, out, s, True, &alone)
+            st += 1
+            if team_solo_over(team):
+                break
+        s.resume = st
+    sync_after_solo(team)
+    if team.tid == 0:
+        team_take_waits(team)  # a new window, without the time alone
+    return s.resume
+
+
+cdef void run_rows(const Job *job, int b0, int b1, Scratch *s, Team *team) noexcept nogil:
     """Run the whole stack over all time steps for batch rows [b0, b1), with scratch s for
     them.  Every thread of `team` calls this with the same arguments (s shared): the team
     shares every product and cell update, thread 0 moves the rows between buffers."""
@@ -183,12 +228,13 @@ cdef void run_rows(const Job *job, int b0, int b1, Scratch *s, const Team *team)
             # xw := inp . W_ih^T + bias_x, one product for the whole chunk.
             if not (l == 0 and job.table.data != NULL):
                 input_projection(L, G, tc * nb, inp, s.xw, panels, team)
-            for st in range(tc):
-                # h_prev of step st is out[st-1], contiguous thanks to the time-major layout.
-                layer_step(job.cell, L, nb, s.xw + <size_t> st * nb * G * L.hidden,
-                           h_state if st == 0 else out + <size_t> (st - 1) * nb * L.out_size,
-                           out + <size_t> st * nb * L.out_size, c_state, s.hw, s.hfull, panels,
-                           team)
+            st = 0
+            while st < tc:
+                if team.size > 1 and st % TEAM_CHECK_STEPS == 0:
+                    st = steps_alone(job, L, nb, st, tc, h_state, c_state, out, s, team)
+                    continue
+                step_layer(job, L, nb, st, h_state, c_state, out, s, panels, team)
+                st += 1
             if team.tid == 0:
                 memcpy(h_state, out + <size_t> (tc - 1) * nb * L.out_size,
                        <size_t> nb * L.out_size * sizeof(float))
@@ -214,9 +260,7 @@ cdef int run_alone(const Job *job, int b0, int b1) noexcept nogil:
     """run_rows for one thread with rows of its own.  Returns 0, or -1 if the scratch could
     not be allocated."""
     cdef Scratch s
-    cdef Team alone
-    alone.tid = 0
-    alone.size = 1
+    cdef Team alone = team_of(0, 1, NULL)
     if not scratch_alloc(&s, job, b1 - b0):
         return -1
     run_rows(job, b0, b1, &s, &alone)
@@ -224,12 +268,10 @@ cdef int run_alone(const Job *job, int b0, int b1) noexcept nogil:
     return 0
 
 
-cdef void run_member(const Job *jobs, int n_jobs, Scratch *s) noexcept nogil:
+cdef void run_member(const Job *jobs, int n_jobs, Scratch *s, fl_team *shared) noexcept nogil:
     """run_rows over each job as this thread's part of the enclosing parallel region's team."""
-    cdef Team team
+    cdef Team team = team_of(openmp.omp_get_thread_num(), openmp.omp_get_num_threads(), shared)
     cdef int j
-    team.tid = openmp.omp_get_thread_num()
-    team.size = openmp.omp_get_num_threads()
     for j in range(n_jobs):
         run_rows(&jobs[j], 0, jobs[j].batch, s, &team)
 
@@ -245,13 +287,22 @@ cdef int run_team(const Job *jobs, int n_jobs, int team_size) noexcept nogil:
         max_steps = max(max_steps, jobs[j].steps)
     widest = jobs[0]
     widest.steps = max_steps
-    if not scratch_alloc(&s, &widest, widest.batch):
+    cdef fl_team *shared = fl_team_new(team_size)
+    if shared == NULL or not scratch_alloc(&s, &widest, widest.batch):
+        fl_team_free(shared)
         return -1
     with parallel(num_threads=team_size):
-        run_member(jobs, n_jobs, &s)
+        run_member(jobs, n_jobs, &s, shared)
     # end: with parallel
     scratch_free(&s)
+    fl_team_free(shared)
     return 0
+
+
+def team_solo_until():
+    """When (CLOCK_MONOTONIC ns) this module's teams go back to sharing work after thread 0
+    last found them kept off their cores (0: never): for tests."""
+    return fl_get_team_solo_until()
 
 
 def max_threads():

@@ -36,7 +36,16 @@ cdef struct Layer:
 
 
 cdef extern from "team.h" nogil:
-    void fl_barrier()
+    ctypedef struct fl_team:
+        pass
+    fl_team *fl_team_new(int size)
+    void fl_team_free(fl_team *team)
+    void fl_team_join(fl_team *team, int size)
+    void fl_team_barrier(fl_team *team, int tid, bint long_wait)
+    long long fl_team_take_wait(fl_team *team, int t)
+    long long fl_now_ns()
+    long long fl_get_team_solo_until()
+    void fl_set_team_solo_until(long long t)
 
 
 cdef struct Team:
@@ -44,12 +53,89 @@ cdef struct Team:
     # A team of one is a thread with rows of its own (no barriers, every product whole).
     int tid
     int size
+    fl_team *shared        # the team's barrier and wait counters (team.h); NULL for one
+    # Thread 0 only: when its window of measure began, until when it works alone
+    # (CLOCK_MONOTONIC ns), and how many windows in a row the team lagged (team_wants_solo).
+    long long since
+    long long solo_until
+    int lagging
+
+
+cdef inline Team team_of(int tid, int size, fl_team *shared) noexcept nogil:
+    """Thread tid's view of a team of `size` threads sharing `shared` (NULL for one)."""
+    cdef Team team
+    if shared != NULL:
+        fl_team_join(shared, size)
+    team.tid = tid
+    team.size = size
+    team.shared = shared
+    team.since = team.solo_until = 0
+    team.lagging = 0
+    return team
 
 
 cdef inline void sync(const Team *team) noexcept nogil:
     """Wait until every thread of the team is here (nothing for a team of one)."""
     if team.size > 1:
-        fl_barrier()
+        fl_team_barrier(team.shared, team.tid, False)
+
+
+cdef inline void sync_after_solo(const Team *team) noexcept nogil:
+    """sync at the end of thread 0's time alone, where the others waited for it, asleep:
+    that wait is not a sign of lagging, so it is not counted."""
+    if team.size > 1:
+        fl_team_barrier(team.shared, team.tid, True)
+
+
+# When other processes take the team's cores, a member is off its core for a scheduler
+# time slice (milliseconds) at a time, and every barrier waits for it: beside one busy
+# process on two cores, two threads decoded 8x and prefilled 5x slower than one.  So
+# thread 0 looks at how long the team waits (team.h counts it); when some thread waited
+# most of LAGGING_WINDOWS windows in a row (a virtual machine's core can vanish
+# for a few ms on its own), it works alone for
+# a while (a step then costs at most twice the team's), the others waiting at one barrier,
+# and then tries the team again.  The split changes no bits, so neither does the switch.
+cdef enum:
+    TEAM_WINDOW_NS = 2_000_000  # waiting is judged over windows of 2 ms
+    LAGGING_WINDOWS = 3
+    SOLO_NS = 200_000_000       # thread 0 then works alone for 200 ms
+
+
+cdef inline long long team_take_waits(Team *team) noexcept nogil:
+    """Thread 0: the longest wait of any thread since the last call, and a new window."""
+    cdef long long most = 0
+    cdef int t
+    for t in range(team.size):
+        most = max(most, fl_team_take_wait(team.shared, t))
+    team.since = fl_now_ns()
+    return most
+
+
+cdef inline bint team_wants_solo(Team *team) noexcept nogil:
+    """Thread 0 of a team, between steps: whether to do the next steps alone."""
+    cdef long long t = fl_now_ns(), elapsed = t - team.since
+    if t < team.solo_until:
+        return True
+    if t < fl_get_team_solo_until():  # another call of this module found the team lagging
+        team.solo_until = fl_get_team_solo_until()
+        return True
+    if team.since == 0:
+        team_take_waits(team)
+        return False
+    if elapsed < TEAM_WINDOW_NS:
+        return False
+    team.lagging = team.lagging + 1 if 2 * team_take_waits(team) > elapsed else 0
+    if team.lagging < LAGGING_WINDOWS:
+        return False
+    team.lagging = 0
+    team.solo_until = t + SOLO_NS
+    fl_set_team_solo_until(team.solo_until)
+    return True
+
+
+cdef inline bint team_solo_over(const Team *team) noexcept nogil:
+    """Thread 0, working alone: whether its time alone is up."""
+    return fl_now_ns() >= team.solo_until
 
 
 cdef inline void team_units(const Team *team, int hidden, int *j0, int *j1) noexcept nogil:
