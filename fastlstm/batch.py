@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from fastlstm.durable import append_whole, fsync_dir, lock, recover_lines
 from fastlstm.sampling import GenerationParams
 
 __all__ = [
@@ -318,11 +319,11 @@ class ResultWriter:
     Opening an existing file reads the ids already there (`done`, as canonical JSON) so a job
     can skip them.  Lines are only ever appended whole and each chunk is flushed and fsynced,
     so after a crash the file holds every chunk written before it, plus possibly part of the
-    chunk in flight: complete lines of it are kept, and an incomplete or garbled tail (a crash
-    mid-write) is cut off at the last complete result line when the file is next opened.  A
-    bad line *before* a good one means the file is not a fastlstm result file (or was
-    edited); that raises ValueError rather than touching it.  An exclusive lock (flock, where
-    the OS has it) keeps two jobs from writing the same file.
+    chunk in flight: complete lines of it are kept, and a torn tail (a last line without its
+    newline, lines of NUL bytes) is cut off when the file is next opened.  Any other line that
+    is not a result means the file is not a fastlstm result file (or was edited): that raises
+    ValueError rather than touching it (see fastlstm.durable.recover_lines).  An exclusive
+    lock (flock, where the OS has it) keeps two jobs from writing the same file.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -332,51 +333,34 @@ class ResultWriter:
         created = not os.path.exists(self.path)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            _lock(self._fd, self.path)
+            lock(self._fd, self.path)
             self._recover()
             if created:
-                _fsync_dir(self.path)
+                fsync_dir(self.path)
         except BaseException:
             os.close(self._fd)
             raise
 
     def _recover(self) -> None:
-        good_end, bad_line = 0, None
-        with open(self._fd, "rb", closefd=False) as f:
-            f.seek(0)
-            for number, raw in enumerate(f, 1):
-                record = None
-                if raw.endswith(b"\n"):
-                    try:
-                        record = json.loads(raw)
-                    except (ValueError, RecursionError):
-                        pass
-                if isinstance(record, dict) and "id" in record and "text" in record:
-                    if bad_line is not None:
-                        raise ValueError(
-                            f"{self.path} line {bad_line} is not a fastlstm batch result but "
-                            f"line {number} is: not a file this job can resume; move it away "
-                            "or choose another output")
-                    self.done.add(id_key(record["id"]))
-                    good_end = f.tell()
-                elif bad_line is None:
-                    bad_line = number
-            size = f.seek(0, os.SEEK_END)
-        if size > good_end:
-            self.repaired_bytes = size - good_end
-            os.ftruncate(self._fd, good_end)
-            os.fsync(self._fd)
+        def accept(number: int, record: dict) -> bool:
+            if "id" not in record or "text" not in record:
+                return False
+            self.done.add(id_key(record["id"]))
+            return True
+
+        self.repaired_bytes = recover_lines(self._fd, self.path, accept,
+                                            "fastlstm batch result")
 
     def write(self, records: Iterable[dict]) -> None:
-        """Append records (dicts with an "id"), one JSON line each; flush and fsync."""
+        """Append records (dicts with an "id"), one JSON line each, and fsync: all of them or,
+        if the write fails (a full disk: OSError naming the file), none; SIGINT and SIGTERM
+        wait until they are written (see fastlstm.durable)."""
         lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
         if not lines:
             return
-        data = memoryview("".join(lines).encode("utf-8"))
-        while data:
-            written = os.write(self._fd, data)
-            data = data[written:]
-        os.fsync(self._fd)
+        append_whole(self._fd, "".join(lines).encode("utf-8"), self.path,
+                     hint=f"; the {len(self.done):,} results written before are kept: make "
+                     "room, then run the same job again to resume")
         self.done.update(id_key(r["id"]) for r in records)
 
     def close(self) -> None:
@@ -389,31 +373,6 @@ class ResultWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _lock(fd: int, path: str) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; one job per output is then up to the user
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise ValueError(f"{path} is being written by another fastlstm batch job") from None
-
-
-def _fsync_dir(path: str) -> None:
-    """Make a new file's directory entry durable too (POSIX; a no-op where unsupported)."""
-    try:
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
+import threading
 from collections.abc import Mapping
 
 from fastlstm.batch import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE
@@ -26,8 +28,9 @@ _EXIT_ERROR = 2  # argparse's code for usage errors; ours are the same kind: bad
 def main(argv: list[str] | None = None) -> int:
     """Run the fastlstm command line with `argv` (default: sys.argv[1:]); return the exit code.
 
-    Errors in the input (a missing file, an invalid model, ...) print
-    `fastlstm: error: <message>` to stderr and return 2, without a traceback.
+    Errors in the input (a missing file, an invalid model, ...) and in the environment (a
+    full disk) print `fastlstm: error: <message>` to stderr and return 2, without a
+    traceback.
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -454,6 +457,16 @@ def _run_generate(args) -> int:
 
 _EXIT_BAD_ROWS = 1  # the job finished, but some rows could not be generated
 _EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+_EXIT_TERMINATED = 143  # SIGTERM (128 + 15): a scheduler stopping the job
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: it stops a batch job exactly as Ctrl-C does (the
+    generation loop polls for signals; a chunk being written is finished first)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
 
 
 def _add_batch(subparsers) -> None:
@@ -481,7 +494,10 @@ def _add_batch(subparsers) -> None:
         "Bad rows (invalid JSON, no prompt, unknown fields, invalid parameters, text the\n"
         "model cannot encode, an id seen before) are reported with their line numbers and\n"
         "skipped; the job goes on.  Exit status: 0 all rows done, 1 done but some rows bad,\n"
-        "2 error (nothing generated), 130 interrupted.\n"
+        "2 error (a bad option or input; a full disk: the chunks written are kept), 130\n"
+        "interrupted (Ctrl-C), 143 terminated (SIGTERM: as Ctrl-C, the chunk being written\n"
+        "is finished).  Every stop leaves whole chunks only, and running the same command\n"
+        "again resumes.\n"
         "\n"
         "--ray runs the generation on a Ray cluster (pip install \"fastlstm[ray]\"): this\n"
         "process reads, checks and writes exactly as without it, and --workers actors of\n"
@@ -532,6 +548,9 @@ def _run_batch(args) -> int:
                    report_bad_rows=True, **_generation_params(args))
     if args.workers is not None and args.ray is None:
         raise ValueError("--workers needs --ray")
+    # SIGTERM stops the job as Ctrl-C does (its default would end the process mid-chunk).
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         if args.ray is not None:
             from fastlstm.ray_data import run_batch_ray
@@ -542,10 +561,14 @@ def _run_batch(args) -> int:
         else:
             summary = run_batch(args.input, args.output, args.model,
                                 num_threads=args.threads, **options)
-    except KeyboardInterrupt:
-        print(f"fastlstm batch: interrupted; the chunks written to {args.output} are kept: "
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
+        print(f"fastlstm batch: {how}; the chunks written to {args.output} are kept: "
               "run the same command to resume", file=sys.stderr)
-        return _EXIT_INTERRUPTED
+        return _EXIT_TERMINATED if isinstance(e, _Terminated) else _EXIT_INTERRUPTED
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, saved if saved is not None else signal.SIG_DFL)
     if not args.quiet:
         print(f"fastlstm batch: {summary}", file=sys.stderr)
     if summary.bad_rows:

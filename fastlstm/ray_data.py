@@ -21,6 +21,8 @@ import json
 import logging
 import os
 import secrets
+import signal
+import threading
 
 import numpy as np
 
@@ -218,7 +220,11 @@ def run_batch_ray(input: str | os.PathLike, output: str | os.PathLike, model=Non
     driver_model = load(model, dtype=dtype, num_threads=1)  # checks rows (tokenizer, parameters) here
     started = not ray.is_initialized()
     if started:
+        main_thread = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
         ray.init(address=address, include_dashboard=False, logging_level="ERROR")
+        if sigterm is not None:  # ray.init makes SIGTERM exit at once; the caller's stays
+            signal.signal(signal.SIGTERM, sigterm)
     try:
         if workers is None:
             workers = max(1, int(ray.cluster_resources().get("CPU", 1) // num_threads))

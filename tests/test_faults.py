@@ -1,0 +1,293 @@
+"""Faults in long batch jobs on one machine, and what each leaves behind:
+
+* a full disk: the job stops with an OSError naming the output, which holds whole chunks
+  only; once there is room, running it again completes the very file of a clean run (a
+  fault-injecting os.write always; a real, tiny tmpfs too where a mount namespace can be had);
+* SIGTERM (and Ctrl-C): exit status 143 (130), the chunk being written finished first,
+  resumable to the clean run's file;
+* an output that is not a result file: refused, never cut.
+
+"Equal to a clean run" is byte equality with the file an uninterrupted job writes: no row
+lost, none written twice.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import fastlstm
+from fastlstm.batch import run_batch
+from fastlstm.cli import main
+
+PACKAGE_PARENT = Path(fastlstm.__file__).resolve().parents[1]
+NAMES = ["ROMEO", "JULIET", "HAMLET", "OPHELIA", "KING LEAR", "PORTIA", "IAGO", "PUCK"]
+PARAMS = dict(max_new_tokens=12, temperature=0.8, top_k=20)
+CLI_PARAMS = ["--max-new-tokens", "12", "--temperature", "0.8", "--top-k", "20"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return fastlstm.load(num_threads=2)
+
+
+def rows(n: int, start: int = 0) -> list[dict]:
+    return [{"id": f"p{i}", "prompt": f"{NAMES[i % 8]}.{' ' * (i % 3)}Act {i}, scene {i % 7}:"}
+            for i in range(start, start + n)]
+
+
+def write_jsonl(path: Path, items: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in items), encoding="utf-8")
+    return path
+
+
+def lines_of(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def assert_whole_chunks_of(output: Path, reference: bytes, chunk: int) -> int:
+    """The output is the reference's first k whole chunks (k may be 0); return k."""
+    data = output.read_bytes()
+    assert reference.startswith(data), "the output is not a prefix of the clean run's"
+    assert data == b"" or data.endswith(b"\n"), "the output ends in part of a line"
+    k, rest = divmod(data.count(b"\n"), chunk)
+    assert rest == 0, f"the output ends in part of a chunk ({rest} of {chunk} lines)"
+    return k
+
+
+def cli(*args: str, **kwargs) -> subprocess.Popen:
+    """`python -m fastlstm batch ARGS` in a child process importing the fastlstm under test."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)  # --ray starts its own local Ray
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), env.get("PYTHONPATH"))
+                                        if p)
+    kwargs.setdefault("cwd", PACKAGE_PARENT)  # see tests/test_batch.py: the tested package
+    return subprocess.Popen([sys.executable, "-m", "fastlstm", "batch", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+# ---------------------------------------------------------------------------- a full disk
+
+
+def test_disk_full_stops_with_whole_chunks_and_resumes(tmp_path, model, monkeypatch, capsys):
+    """os.write as a filling disk does it: a short write, then ENOSPC, in the third chunk."""
+    src = write_jsonl(tmp_path / "in.jsonl", rows(50))
+    clean = tmp_path / "clean.jsonl"
+    run_batch(src, clean, model, seed=7, chunk_size=8, **PARAMS)
+    reference = clean.read_bytes()
+    room = len(b"".join(lines_of(clean)[:16])) + 300  # two chunks and part of a line
+
+    out = tmp_path / "out.jsonl"
+    out.touch()  # so the fault can tell the output's writes (by inode) from any other
+    inode = out.stat().st_ino
+    real_write = os.write
+    written = [0]
+
+    def filling_disk_write(fd, data):
+        if os.fstat(fd).st_ino != inode:
+            return real_write(fd, data)
+        left = room - written[0]
+        if left <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = real_write(fd, bytes(data[:left]))
+        written[0] += n
+        return n
+
+    monkeypatch.setattr(os, "write", filling_disk_write)
+    with pytest.raises(OSError) as caught:
+        run_batch(src, out, model, seed=7, chunk_size=8, **PARAMS)
+    assert caught.value.errno == errno.ENOSPC
+    assert str(out) in str(caught.value) and "No space left" in str(caught.value)
+    assert "16 results written before are kept" in str(caught.value)
+    assert written[0] == room  # the fault struck: a short write, then ENOSPC
+    assert assert_whole_chunks_of(out, reference, 8) == 2
+
+    # The command line says the same, and exits with 2.
+    written[0] = room
+    assert main(["batch", str(src), "-o", str(out), "--seed", "7", "--chunk-size", "8",
+                 "-q", *CLI_PARAMS]) == 2
+    err = capsys.readouterr().err
+    assert f"fastlstm: error: cannot write to {out}: No space left on device" in err
+    assert assert_whole_chunks_of(out, reference, 8) == 2
+
+    monkeypatch.setattr(os, "write", real_write)  # room again
+    summary = run_batch(src, out, model, seed=7, chunk_size=8, **PARAMS)
+    assert (summary.skipped, summary.generated) == (16, 34)
+    assert out.read_bytes() == reference
+
+
+def _namespace_runner() -> list[str] | None:
+    """A command prefix that runs a shell in a private mount namespace where it may mount a
+    tmpfs (as root, or as a mapped root in a user namespace), or None."""
+    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
+        return None
+    probe = "d=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs $d && umount $d && rmdir $d"
+    for prefix in (["unshare", "--mount", "--propagation", "private"],
+                   ["unshare", "--user", "--map-root-user", "--mount", "--propagation",
+                    "private"]):
+        try:
+            done = subprocess.run([*prefix, "sh", "-c", probe], capture_output=True,
+                                  timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if done.returncode == 0:
+            return prefix
+    return None
+
+
+def test_disk_full_on_a_real_tmpfs(tmp_path, model):
+    """A 64 KiB tmpfs fills during the job: the kernel's own short write and ENOSPC.  The
+    mount lives in a mount namespace of the child process, so it ends with the child and
+    can never be left behind; the test then frees room by remounting it bigger."""
+    runner = _namespace_runner()
+    if runner is None:
+        pytest.skip("no mount namespace with tmpfs here; the injected fault test covers it")
+    n, chunk = 600, 25
+    src = write_jsonl(tmp_path / "in.jsonl", rows(n))
+    clean = tmp_path / "clean.jsonl"
+    run_batch(src, clean, model, seed=3, chunk_size=chunk, **PARAMS)
+    reference = clean.read_bytes()
+    assert len(reference) > 96 * 1024  # the disk must fill
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")) if p))
+    job = (f"{sys.executable} -m fastlstm batch {src} -o {disk}/out.jsonl --seed 3 "
+           f"--chunk-size {chunk} -q " + " ".join(CLI_PARAMS))
+    script = textwrap.dedent(f"""\
+        mount -t tmpfs -o size=64k tmpfs {disk}
+        rc=0; {job} 2> {tmp_path}/full.err || rc=$?; echo $rc > {tmp_path}/full.rc
+        cp {disk}/out.jsonl {tmp_path}/full.jsonl
+        mount -o remount,size=4m {disk}
+        rc=0; {job} 2> {tmp_path}/room.err || rc=$?; echo $rc > {tmp_path}/room.rc
+        cp {disk}/out.jsonl {tmp_path}/room.jsonl
+        """)
+    done = subprocess.run([*runner, "sh", "-ec", script], cwd=PACKAGE_PARENT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert not any(disk.iterdir()), "the tmpfs is still mounted outside its namespace"
+
+    err = (tmp_path / "full.err").read_text()
+    assert (tmp_path / "full.rc").read_text().strip() == "2", err
+    assert f"cannot write to {disk}/out.jsonl" in err and "No space left on device" in err
+    whole = assert_whole_chunks_of(tmp_path / "full.jsonl", reference, chunk)
+    assert 0 < whole * chunk < n
+    assert (tmp_path / "room.rc").read_text().strip() == "0", (tmp_path / "room.err").read_text()
+    assert (tmp_path / "room.jsonl").read_bytes() == reference
+
+
+# ---------------------------------------------------------------------------- SIGTERM, Ctrl-C
+
+
+def test_sigterm_stops_the_job_resumably(tmp_path, model):
+    n, chunk = 1200, 25
+    src = write_jsonl(tmp_path / "in.jsonl", rows(n))
+    args = [str(src), "--seed", "5", "--max-new-tokens", "24", "--chunk-size", str(chunk),
+            "--batch-size", "25", "--quiet"]
+    out = tmp_path / "out.jsonl"
+    job = cli(*args, "-o", str(out))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and job.poll() is None:
+        if out.exists() and out.stat().st_size > 0:
+            break
+        time.sleep(0.005)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=60)
+    assert job.returncode == 143, stderr.decode()
+    assert "terminated (SIGTERM)" in stderr.decode() and str(out) in stderr.decode()
+
+    clean = tmp_path / "clean.jsonl"
+    run_batch(src, clean, model, seed=5, max_new_tokens=24, temperature=0.8,
+              chunk_size=chunk)
+    reference = clean.read_bytes()
+    assert 0 < assert_whole_chunks_of(out, reference, chunk) * chunk < n
+
+    resumed = cli(*args, "-o", str(out))
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr.decode()
+    assert out.read_bytes() == reference
+
+
+def test_sigterm_stops_a_ray_job_too(tmp_path, model):
+    """ray.init makes SIGTERM exit the driver at once (status 15); --ray keeps ours."""
+    n, chunk = 600, 20
+    src = write_jsonl(tmp_path / "in.jsonl", rows(n))
+    args = [str(src), "--seed", "5", "--max-new-tokens", "24", "--chunk-size", str(chunk),
+            "--batch-size", "10", "--quiet"]
+    out = tmp_path / "out.jsonl"
+    job = cli(*args, "-o", str(out), "--ray", "--workers", "1", cwd=tmp_path)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and job.poll() is None:
+        if out.exists() and out.stat().st_size > 0:
+            break
+        time.sleep(0.01)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 143, stderr.decode()[-2000:]
+
+    clean = tmp_path / "clean.jsonl"
+    run_batch(src, clean, model, seed=5, max_new_tokens=24, temperature=0.8)
+    reference = clean.read_bytes()
+    assert 0 < assert_whole_chunks_of(out, reference, chunk) * chunk < n
+    summary = run_batch(src, out, model, seed=5, max_new_tokens=24, temperature=0.8)
+    assert summary.skipped > 0 and out.read_bytes() == reference
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_a_write_lets_the_chunk_finish(tmp_path, monkeypatch, capsys,
+                                                        signum, status):
+    """The signal arrives between two halves of a chunk's write: the chunk is written whole,
+    then the job stops (without the wait, the handler would cut the write short)."""
+    src = write_jsonl(tmp_path / "in.jsonl", rows(30))
+    out = tmp_path / "out.jsonl"
+    out.touch()
+    inode = out.stat().st_ino
+    real_write = os.write
+    sent = []
+
+    def write_then_signal(fd, data):
+        if os.fstat(fd).st_ino != inode or sent:
+            return real_write(fd, data)
+        n = real_write(fd, bytes(data[:len(data) // 2]))
+        sent.append(signum)
+        os.kill(os.getpid(), signum)
+        time.sleep(0.01)  # the handler runs in here, were it not held back
+        return n
+
+    monkeypatch.setattr(os, "write", write_then_signal)
+    code = main(["batch", str(src), "-o", str(out), "--seed", "1", "--chunk-size", "10",
+                 "-q", *CLI_PARAMS])
+    assert sent and code == status, capsys.readouterr().err
+    data = out.read_bytes()
+    assert data.count(b"\n") == 10 and data.endswith(b"\n")
+    assert [json.loads(line)["id"] for line in data.splitlines()] == [f"p{i}" for i in range(10)]
+
+
+# ---------------------------------------------------------------------------- the wrong output
+
+
+@pytest.mark.parametrize("content", [
+    b"my notes\nnot results at all\n",             # any file of other lines
+    b'{"id": "p0", "text": "x"}\nnot ours\n',      # results, then something else
+    b"not ours\n" + b"\0" * 40,                   # another file, then what looks torn
+])
+def test_an_output_that_is_not_a_result_file_is_left_alone(tmp_path, model, content):
+    """Pointing a job at the wrong file must not cut it: only what a crash can leave (a last
+    line without its newline, lines of NUL bytes) is taken for a torn tail."""
+    src = write_jsonl(tmp_path / "in.jsonl", rows(3))
+    out = tmp_path / "notes.txt"
+    out.write_bytes(content)
+    with pytest.raises(ValueError, match="is not a fastlstm batch result"):
+        run_batch(src, out, model, seed=1, **PARAMS)
+    assert out.read_bytes() == content
