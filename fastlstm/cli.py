@@ -491,10 +491,18 @@ def _add_batch(subparsers) -> None:
         "their id alone (fastlstm.batch.row_seed), so every row's text is the same whatever\n"
         "batch, worker or run it lands in, on one machine or on Ray.\n"
         "\n"
+        "Resuming checks OUTPUT.manifest, written beside OUTPUT: if the results were made\n"
+        "with another model file, precision, seed or generation option, or rows already\n"
+        "done have changed in INPUT (prompt or own parameters), the job is refused and the\n"
+        "message says what differs; --resume-changed goes on, keeping those results as they\n"
+        "are.  Without --seed a resumed job keeps the seed it started with.  Rows added to\n"
+        "INPUT are simply generated.\n"
+        "\n"
         "Bad rows (invalid JSON, no prompt, unknown fields, invalid parameters, text the\n"
         "model cannot encode, an id seen before) are reported with their line numbers and\n"
         "skipped; the job goes on.  Exit status: 0 all rows done, 1 done but some rows bad,\n"
-        "2 error (a bad option or input; a full disk: the chunks written are kept), 130\n"
+        "2 error (a bad option or input, a changed job; a full disk: the chunks written\n"
+        "are kept), 130\n"
         "interrupted (Ctrl-C), 143 terminated (SIGTERM: as Ctrl-C, the chunk being written\n"
         "is finished).  Every stop leaves whole chunks only, and running the same command\n"
         "again resumes.\n"
@@ -533,6 +541,9 @@ def _add_batch(subparsers) -> None:
                    "no ADDRESS: a local Ray")
     p.add_argument("--workers", type=int, metavar="N",
                    help="with --ray: model actors (default: the cluster's CPUs / --threads)")
+    p.add_argument("--resume-changed", action="store_true",
+                   help="resume OUTPUT even though its results were made with other options "
+                   "or from rows that changed since; they are kept as they are")
     _add_dtype_arg(p)
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar and no summary (bad rows are still reported)")
@@ -544,7 +555,7 @@ def _run_batch(args) -> int:
 
     options = dict(batch_size=args.batch_size, chunk_size=args.chunk_size,
                    input_format=args.format, errors=args.errors, progress=not args.quiet,
-                   dtype=args.dtype,
+                   dtype=args.dtype, resume_changed=args.resume_changed,
                    report_bad_rows=True, **_generation_params(args))
     if args.workers is not None and args.ray is None:
         raise ValueError("--workers needs --ray")

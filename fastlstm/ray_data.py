@@ -184,7 +184,7 @@ def run_batch_ray(input: str | os.PathLike, output: str | os.PathLike, model=Non
                   batch_size: int = DEFAULT_BATCH_SIZE, chunk_size: int = DEFAULT_CHUNK_SIZE,
                   input_format: str = "auto", errors: str | os.PathLike | None = None,
                   progress: bool = False, report_bad_rows: bool = False,
-                  **params) -> BatchSummary:
+                  resume_changed: bool = False, **params) -> BatchSummary:
     """`fastlstm.batch.run_batch` with the generation spread over Ray actors.
 
     Same arguments and result as run_batch, and the same output: rows, order, seeds and
@@ -240,7 +240,8 @@ def run_batch_ray(input: str | os.PathLike, output: str | os.PathLike, model=Non
             summary = _run_job(ray, Job(input, output, driver_model, params,
                                         input_format=input_format, chunk_size=chunk_size,
                                         errors=errors, progress=progress,
-                                        report_bad_rows=report_bad_rows),
+                                        report_bad_rows=report_bad_rows,
+                                        resume_changed=resume_changed),
                                model, dtype, workers, num_threads, batch_size)
         finally:
             logger.setLevel(saved[0])

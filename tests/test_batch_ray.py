@@ -116,6 +116,9 @@ def test_ray_job_writes_the_single_machine_file(local_ray, tmp_path, model):
     cut = data.index(b"\n", len(data) // 2) - 5
     resumed = tmp_path / "resumed.jsonl"
     resumed.write_bytes(data[:cut])
+    # The job manifest, as a crash leaves it: written ahead of the output.
+    (tmp_path / "resumed.jsonl.manifest").write_bytes(
+        (tmp_path / "single.jsonl.manifest").read_bytes())
     summary = run_batch_ray(src, resumed, None, workers=2, seed=21, chunk_size=40, **PARAMS)
     assert summary.skipped == data[:cut].count(b"\n") and summary.repaired_bytes > 0
     assert resumed.read_bytes() == data

@@ -5,6 +5,8 @@
   fault-injecting os.write always; a real, tiny tmpfs too where a mount namespace can be had);
 * SIGTERM (and Ctrl-C): exit status 143 (130), the chunk being written finished first,
   resumable to the clean run's file;
+* a changed input or job between a run and its resume: refused, saying what differs, unless
+  resume_changed / --resume-changed; rows added at the end are simply generated;
 * an output that is not a result file: refused, never cut.
 
 "Equal to a clean run" is byte equality with the file an uninterrupted job writes: no row
@@ -27,7 +29,7 @@ from pathlib import Path
 import pytest
 
 import fastlstm
-from fastlstm.batch import run_batch
+from fastlstm.batch import ChangedJobError, run_batch
 from fastlstm.cli import main
 
 PACKAGE_PARENT = Path(fastlstm.__file__).resolve().parents[1]
@@ -272,6 +274,153 @@ def test_a_signal_during_a_write_lets_the_chunk_finish(tmp_path, monkeypatch, ca
     data = out.read_bytes()
     assert data.count(b"\n") == 10 and data.endswith(b"\n")
     assert [json.loads(line)["id"] for line in data.splitlines()] == [f"p{i}" for i in range(10)]
+
+
+# ---------------------------------------------------------------------------- a changed job
+
+
+@pytest.fixture
+def done_job(tmp_path, model):
+    """An output holding the results of 20 rows (seed 1, PARAMS), and its input."""
+    src = write_jsonl(tmp_path / "in.jsonl", rows(20))
+    out = tmp_path / "out.jsonl"
+    run_batch(src, out, model, seed=1, chunk_size=8, **PARAMS)
+    return src, out
+
+
+def _refused(src, out, loaded, match: str, **options):
+    """Resuming with `options` (model= another model) is refused, saying `match`, and
+    touches neither the output nor its manifest; return the message."""
+    before = out.read_bytes(), Path(f"{out}.manifest").read_bytes()
+    kwargs = {"seed": 1, **PARAMS, **options}
+    with pytest.raises(ChangedJobError, match=match) as caught:
+        run_batch(src, out, kwargs.pop("model", loaded), **kwargs)
+    assert "20 results of a different job" in str(caught.value)
+    assert "--resume-changed" in str(caught.value)
+    assert (out.read_bytes(), Path(f"{out}.manifest").read_bytes()) == before
+    return str(caught.value)
+
+
+def test_resuming_with_other_options_is_refused(done_job, model, tmp_path):
+    src, out = done_job
+    write_jsonl(src, rows(25))  # rows added: not a change
+    _refused(src, out, model, "the job seed: 1 then, 2 now", seed=2)
+    _refused(src, out, model, "temperature: 0.8 then, 0.9 now", temperature=0.9)
+    _refused(src, out, model, "max_new_tokens: 12 then, 13 now", max_new_tokens=13)
+    _refused(src, out, model, r'stop: \[\] then, \["e"\] now', stop=["e"])
+    _refused(src, out, model, "top_k: 20 then, 0 now", top_k=0)
+    _refused(src, out, model, "weight precision \\(dtype\\): float32 then, int8 now",
+             model=None, dtype="int8")
+    other = tmp_path / "fp16.safetensors"
+    fastlstm.convert(model.path, other, dtype="float16")
+    message = _refused(src, out, model, "the model: ", model=str(other), dtype="float32")
+    assert str(other) in message and "SHA-256" in message
+
+    # The same job resumes: same options (given again, or left at their defaults) and no
+    # seed, which takes the one the output was started with.
+    summary = run_batch(src, out, model, **PARAMS, top_p=1.0, chunk_size=8)
+    assert (summary.job_seed, summary.skipped, summary.generated) == (1, 20, 5)
+    clean = tmp_path / "clean.jsonl"
+    run_batch(src, clean, model, seed=1, **PARAMS)
+    assert out.read_bytes() == clean.read_bytes()
+
+
+def test_resuming_with_changed_rows_is_refused(done_job, model):
+    src, out = done_job
+    original = rows(20)
+    edits = {
+        3: ({"prompt": "ROMEO. Act three"}, "line 4 \\(id 'p3'\\): the prompt"),
+        5: ({"temperature": 0.5}, "line 6 \\(id 'p5'\\): temperature: not set then, 0.5 now"),
+        8: ({"seed": 9}, "line 9 \\(id 'p8'\\): seed: not set then, 9 now"),
+    }
+    for i, (change, match) in edits.items():
+        write_jsonl(src, original[:i] + [{**original[i], **change}] + original[i + 1:])
+        _refused(src, out, model, match)
+    changed = [{**r, "max_new_tokens": 3} for r in original[:9]] + original[9:]
+    write_jsonl(src, changed)
+    message = _refused(src, out, model, "9 rows already done have changed")
+    assert "and 4 more" in message  # five are described
+
+    # Rows gone from the input keep their results; rows added are generated.
+    write_jsonl(src, original[5:] + rows(4, start=20))
+    summary = run_batch(src, out, model, seed=1, **PARAMS)
+    assert (summary.skipped, summary.generated) == (15, 4)
+
+
+def test_resume_changed_keeps_the_results_and_goes_on(done_job, model, tmp_path):
+    src, out = done_job
+    before = out.read_bytes()
+    edited = rows(20)
+    edited[2]["prompt"] = "KING LEAR. Nothing will come of nothing"
+    write_jsonl(src, edited + rows(6, start=20))
+    with pytest.raises(ChangedJobError):
+        run_batch(src, out, model, seed=1, **{**PARAMS, "temperature": 1.1})
+    summary = run_batch(src, out, model, seed=1, resume_changed=True,
+                        **{**PARAMS, "temperature": 1.1})
+    assert (summary.skipped, summary.generated) == (20, 6)
+    data = out.read_bytes()
+    assert data.startswith(before)  # kept as they were, not regenerated
+    new = [json.loads(line) for line in data[len(before):].splitlines()]
+    assert [r["text"] for r in new] == [
+        model.generate(r["prompt"], seed=r["seed"], **{**PARAMS, "temperature": 1.1})
+        for r in new]
+    manifest = [json.loads(line) for line in Path(f"{out}.manifest").read_text().splitlines()]
+    last_job = [line for line in manifest if "job" in line][-1]
+    assert last_job["job"]["params"]["temperature"] == 1.1
+    assert any("the prompt" in c for c in last_job["resumed_with_changes"])
+
+    # What was accepted is what later runs compare with.
+    assert run_batch(src, out, model, seed=1, **{**PARAMS, "temperature": 1.1}).skipped == 26
+    with pytest.raises(ChangedJobError, match="temperature: 1.1 then, 0.8 now"):
+        run_batch(src, out, model, seed=1, **PARAMS)
+
+
+def test_an_output_without_its_manifest(done_job, model):
+    src, out = done_job
+    Path(f"{out}.manifest").unlink()
+    with pytest.raises(ChangedJobError, match="there is no manifest"):
+        run_batch(src, out, model, seed=1, **PARAMS)
+    assert not Path(f"{out}.manifest").exists()
+    write_jsonl(src, rows(22))
+    summary = run_batch(src, out, model, seed=1, resume_changed=True, **PARAMS)
+    assert (summary.skipped, summary.generated) == (20, 2)
+    assert run_batch(src, out, model, seed=1, **PARAMS).skipped == 22  # accepted since
+
+
+def test_a_new_job_on_an_emptied_output_starts_a_new_manifest(done_job, model):
+    src, out = done_job
+    out.write_bytes(b"")
+    summary = run_batch(src, out, model, seed=2, **PARAMS)
+    assert summary.generated == 20
+    assert run_batch(src, out, model, seed=2, **PARAMS).skipped == 20
+
+
+def test_changed_rows_on_stdin_are_found_as_they_are_read(done_job, model, tmp_path,
+                                                          monkeypatch):
+    src, out = done_job
+    edited = rows(24)
+    edited[12]["prompt"] = "PUCK. If we shadows have offended"
+    stdin = write_jsonl(tmp_path / "stdin.jsonl", edited)
+    with open(stdin) as f:
+        monkeypatch.setattr(sys, "stdin", f)
+        with pytest.raises(ChangedJobError, match="line 13 of - \\(id 'p12'\\) changed since "
+                                                  "its result was written \\(the prompt\\)"):
+            run_batch("-", out, model, seed=1, input_format="jsonl", **PARAMS)
+    with open(stdin) as f:
+        monkeypatch.setattr(sys, "stdin", f)
+        summary = run_batch("-", out, model, seed=1, input_format="jsonl",
+                            resume_changed=True, **PARAMS)
+    assert (summary.skipped, summary.generated) == (20, 4)
+
+
+def test_cli_refuses_a_changed_job_and_the_flag_goes_on(done_job, capsys):
+    src, out = done_job
+    args = ["batch", str(src), "-o", str(out), "--seed", "1", "-q", *CLI_PARAMS]
+    assert main(args + ["--min-p", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "fastlstm: error:" in err and "min_p: 0.0 then, 0.1 now" in err
+    assert main(args + ["--min-p", "0.1", "--resume-changed"]) == 0
+    assert "min_p: 0.0 then, 0.1 now" in capsys.readouterr().err  # said, not refused
 
 
 # ---------------------------------------------------------------------------- the wrong output
