@@ -48,6 +48,7 @@ __all__ = [
     "BadRow",
     "BatchSummary",
     "ChangedJobError",
+    "JobError",
     "ResultWriter",
     "Row",
     "ROW_PARAMS",
@@ -70,6 +71,11 @@ _MAX_CHANGED_SHOWN = 5  # changed rows a refusal describes (it counts them all)
 class ChangedJobError(ValueError):
     """Resuming an output whose results were made from other input rows or job options
     (model, precision, seed, generation parameters); the message says what differs."""
+
+
+class JobError(RuntimeError):
+    """A batch job stopped part way for a cause outside its input (e.g. its Ray workers kept
+    dying).  The chunks already written are kept; running the job again resumes it."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,9 +16,10 @@ import sys
 import threading
 from collections.abc import Mapping
 
-from fastlstm.batch import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE
+from fastlstm.batch import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, JobError
 from fastlstm.config import RNN_TYPES
 from fastlstm.precision import DTYPES
+from fastlstm.ray_data import DEFAULT_MAX_RESTARTS  # ray itself is imported only by --ray
 
 __all__ = ["main"]
 
@@ -29,14 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the fastlstm command line with `argv` (default: sys.argv[1:]); return the exit code.
 
     Errors in the input (a missing file, an invalid model, ...) and in the environment (a
-    full disk) print `fastlstm: error: <message>` to stderr and return 2, without a
-    traceback.
+    full disk, lost Ray workers) print `fastlstm: error: <message>` to stderr and return 2,
+    without a traceback.
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, OSError, ImportError) as e:
+    except (ValueError, OSError, ImportError, JobError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return _EXIT_ERROR
 
@@ -501,17 +502,18 @@ def _add_batch(subparsers) -> None:
         "Bad rows (invalid JSON, no prompt, unknown fields, invalid parameters, text the\n"
         "model cannot encode, an id seen before) are reported with their line numbers and\n"
         "skipped; the job goes on.  Exit status: 0 all rows done, 1 done but some rows bad,\n"
-        "2 error (a bad option or input, a changed job; a full disk: the chunks written\n"
-        "are kept), 130\n"
-        "interrupted (Ctrl-C), 143 terminated (SIGTERM: as Ctrl-C, the chunk being written\n"
-        "is finished).  Every stop leaves whole chunks only, and running the same command\n"
-        "again resumes.\n"
+        "2 error (a bad option or input, a changed job, a full disk, Ray workers that kept\n"
+        "dying: the chunks written are kept), 130 interrupted (Ctrl-C), 143 terminated\n"
+        "(SIGTERM: as Ctrl-C, the chunk being written is finished).  Every stop leaves\n"
+        "whole chunks only, and running the same command again resumes.\n"
         "\n"
         "--ray runs the generation on a Ray cluster (pip install \"fastlstm[ray]\"): this\n"
         "process reads, checks and writes exactly as without it, and --workers actors of\n"
         "--threads threads each generate.  No ADDRESS starts a local Ray; the model file must\n"
-        "be readable at the same path on every node.  Put --ray after INPUT, or write\n"
-        "--ray=ADDRESS, so that INPUT is not taken for the address.",
+        "be readable at the same path on every node.  A worker that dies (its process, or its\n"
+        "node) is restarted and its batch retried, up to --max-restarts times per worker;\n"
+        "then the job stops.  Put --ray after INPUT, or write --ray=ADDRESS, so that INPUT\n"
+        "is not taken for the address.",
         "  fastlstm batch prompts.jsonl -o results.jsonl --max-new-tokens 64 --seed 1\n"
         "  fastlstm batch lines.txt -o results.jsonl --model my.safetensors --temperature 0.7\n"
         "  fastlstm batch prompts.jsonl -o results.jsonl --errors bad_rows.jsonl --quiet\n"
@@ -541,6 +543,9 @@ def _add_batch(subparsers) -> None:
                    "no ADDRESS: a local Ray")
     p.add_argument("--workers", type=int, metavar="N",
                    help="with --ray: model actors (default: the cluster's CPUs / --threads)")
+    p.add_argument("--max-restarts", type=int, metavar="N",
+                   help="with --ray: restarts of each worker that dies, its batch retried, "
+                   f"before the job stops (default: {DEFAULT_MAX_RESTARTS})")
     p.add_argument("--resume-changed", action="store_true",
                    help="resume OUTPUT even though its results were made with other options "
                    "or from rows that changed since; they are kept as they are")
@@ -557,8 +562,10 @@ def _run_batch(args) -> int:
                    input_format=args.format, errors=args.errors, progress=not args.quiet,
                    dtype=args.dtype, resume_changed=args.resume_changed,
                    report_bad_rows=True, **_generation_params(args))
-    if args.workers is not None and args.ray is None:
-        raise ValueError("--workers needs --ray")
+    if args.ray is None:
+        for flag, value in (("--workers", args.workers), ("--max-restarts", args.max_restarts)):
+            if value is not None:
+                raise ValueError(f"{flag} needs --ray")
     # SIGTERM stops the job as Ctrl-C does (its default would end the process mid-chunk).
     main_thread = threading.current_thread() is threading.main_thread()
     saved = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
@@ -566,9 +573,12 @@ def _run_batch(args) -> int:
         if args.ray is not None:
             from fastlstm.ray_data import run_batch_ray
 
+            max_restarts = (DEFAULT_MAX_RESTARTS if args.max_restarts is None
+                            else args.max_restarts)
             summary = run_batch_ray(args.input, args.output, args.model,
                                     address=args.ray or None, workers=args.workers,
-                                    num_threads=args.threads or 1, **options)
+                                    num_threads=args.threads or 1,
+                                    max_restarts=max_restarts, **options)
         else:
             summary = run_batch(args.input, args.output, args.model,
                                 num_threads=args.threads, **options)
