@@ -338,7 +338,7 @@ class ResultWriter:
     can skip them.  Lines are only ever appended whole and each chunk is flushed and fsynced,
     so after a crash the file holds every chunk written before it, plus possibly part of the
     chunk in flight: complete lines of it are kept, and a torn tail (a last line without its
-    newline, lines of NUL bytes) is cut off when the file is next opened.  Any other line that
+    newline, lines holding NUL bytes) is cut off when the file is next opened.  Any other line that
     is not a result means the file is not a fastlstm result file (or was edited): that raises
     ValueError rather than touching it (see fastlstm.durable.recover_lines).  An exclusive
     lock (flock, where the OS has it) keeps two jobs from writing the same file.

@@ -85,9 +85,10 @@ def recover_lines(fd: int, path: str, accept: Callable[[int, dict], bool], what:
     Each whole line that is a JSON object goes to accept(line_number, record), which says
     whether it is one of ours (`what`, e.g. "fastlstm batch result").  A torn tail is what a
     crash in the middle of an append can leave after the last whole line: a last line without
-    its newline, and lines of NUL bytes (space the file system allotted but never wrote).
-    Anything else that is not ours, or a line of ours after a torn tail, means the file is
-    not ours or was edited: ValueError, and the file is left as it is.
+    its newline, and lines holding NUL bytes (blocks the file system allotted but never
+    wrote, after a power loss; JSON text never holds one).  Anything else that is not ours, or
+    a line of ours after a torn tail, means the file is not ours or was edited: ValueError,
+    and the file is left as it is.
     """
     good_end, torn_line = 0, None
     with open(fd, "rb", closefd=False) as f:
@@ -105,7 +106,7 @@ def recover_lines(fd: int, path: str, accept: Callable[[int, dict], bool], what:
                                      f"{number} is: not a file this job can resume; move it "
                                      "away or choose another output")
                 good_end = f.tell()
-            elif not raw.endswith(b"\n") or not raw.rstrip(b"\r\n").strip(b"\0"):
+            elif not raw.endswith(b"\n") or b"\0" in raw:
                 torn_line = torn_line or number
             else:
                 raise ValueError(f"{path} line {number} is not a {what}: not a file this job "

@@ -426,6 +426,22 @@ def test_cli_refuses_a_changed_job_and_the_flag_goes_on(done_job, capsys):
 # ---------------------------------------------------------------------------- the wrong output
 
 
+def test_a_tail_damaged_by_a_power_loss_is_cut(tmp_path, model):
+    """After a power loss an appended region can hold blocks of zeros amid the data of its
+    lines, newlines included: such lines are cut off with the rest of the tail."""
+    src = write_jsonl(tmp_path / "in.jsonl", rows(10))
+    clean = tmp_path / "clean.jsonl"
+    run_batch(src, clean, model, seed=1, **PARAMS)
+    good = b"".join(lines_of(clean)[:3])
+    out = tmp_path / "out.jsonl"
+    damaged = b'{"id": "p3", "pro' + b"\0" * 60 + b'ext": "x"}\n\0\0\n{"id'
+    out.write_bytes(good + damaged)
+    Path(f"{out}.manifest").write_bytes(Path(f"{clean}.manifest").read_bytes())
+    summary = run_batch(src, out, model, seed=1, **PARAMS)
+    assert (summary.skipped, summary.repaired_bytes) == (3, len(damaged))
+    assert out.read_bytes() == clean.read_bytes()
+
+
 @pytest.mark.parametrize("content", [
     b"my notes\nnot results at all\n",             # any file of other lines
     b'{"id": "p0", "text": "x"}\nnot ours\n',      # results, then something else
