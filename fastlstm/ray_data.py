@@ -287,7 +287,7 @@ def _run_job(ray, job: Job, model, dtype: str | None, workers: int, num_threads:
 def _job_error(ray, error: Exception, job: Job, max_restarts: int) -> JobError:
     """A Ray failure as JobError: what failed (the first line of Ray's message) and that the
     results written are kept."""
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    first_line = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else ""
     died = (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError,
             ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
     if isinstance(error, died):
