@@ -263,7 +263,9 @@ def run_batch_ray(input: str | os.PathLike, output: str | os.PathLike, model=Non
 def _run_job(ray, job: Job, model, dtype: str | None, workers: int, num_threads: int,
              batch_size: int, max_restarts: int) -> BatchSummary:
     # A dead actor is restarted (a fresh process loading the model) and the batch it was
-    # running is retried on it, max_restarts times each; Ray Data would retry forever.
+    # running is retried on it, max_restarts times each; Ray Data would retry forever.  (They
+    # go through map_batches' **ray_remote_args, which Ray 2.60 deprecates with no named
+    # parameter for them yet.)
     predictor = dict(fn=FastlstmPredictor, batch_size=batch_size, batch_format="numpy",
                      fn_constructor_kwargs={"model": model, "num_threads": num_threads,
                                             "dtype": dtype},
