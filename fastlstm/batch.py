@@ -15,6 +15,9 @@ The data flow, top to bottom in this file:
           ─ResultWriter──▶ OUTPUT, one window (a chunk) at a time, in input order:
                        complete lines only, flushed and fsynced, so a crash loses at most the
                        chunk in flight; a re-run skips the ids already there.
+          ─Manifest─────▶ OUTPUT.manifest (fastlstm.manifest): the job's options and each
+                       row's prompt digest and own parameters, written before its chunk, so
+                       a re-run can refuse to mix results of a changed input or job.
 
 Seeds: a row's output depends on nothing but the row and the job's parameters.  A row with a
 "seed" field uses it; every other row gets `row_seed(job_seed, id)`, a hash of the job seed
@@ -37,11 +40,15 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from fastlstm.durable import append_whole, fsync_dir, lock, recover_lines
+from fastlstm.manifest import MANIFEST_SUFFIX, Manifest, job_options, option_differences
 from fastlstm.sampling import GenerationParams
 
 __all__ = [
     "BadRow",
     "BatchSummary",
+    "ChangedJobError",
+    "JobError",
     "ResultWriter",
     "Row",
     "ROW_PARAMS",
@@ -58,6 +65,17 @@ _ROW_FIELDS = ("id", "prompt") + ROW_PARAMS
 DEFAULT_BATCH_SIZE = 256  # prompts per generate call; far larger batches run slower (cache)
 DEFAULT_CHUNK_SIZE = 1024  # results per write (and fsync): what a crash can lose at most
 _MAX_REPORTED = 20  # bad rows printed to stderr; the errors file and the summary count them all
+_MAX_CHANGED_SHOWN = 5  # changed rows a refusal describes (it counts them all)
+
+
+class ChangedJobError(ValueError):
+    """Resuming an output whose results were made from other input rows or job options
+    (model, precision, seed, generation parameters); the message says what differs."""
+
+
+class JobError(RuntimeError):
+    """A batch job stopped part way for a cause outside its input (e.g. its Ray workers kept
+    dying).  The chunks already written are kept; running the job again resumes it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,6 +243,7 @@ class Task:
     params: dict
     params_key: str
     seed: int
+    own: dict = field(default_factory=dict)  # the parameters the row set itself (the manifest's)
 
 
 def generate_tasks(model, tasks: list[Task]) -> list[dict | str]:
@@ -318,11 +337,11 @@ class ResultWriter:
     Opening an existing file reads the ids already there (`done`, as canonical JSON) so a job
     can skip them.  Lines are only ever appended whole and each chunk is flushed and fsynced,
     so after a crash the file holds every chunk written before it, plus possibly part of the
-    chunk in flight: complete lines of it are kept, and an incomplete or garbled tail (a crash
-    mid-write) is cut off at the last complete result line when the file is next opened.  A
-    bad line *before* a good one means the file is not a fastlstm result file (or was
-    edited); that raises ValueError rather than touching it.  An exclusive lock (flock, where
-    the OS has it) keeps two jobs from writing the same file.
+    chunk in flight: complete lines of it are kept, and a torn tail (a last line without its
+    newline, lines holding NUL bytes) is cut off when the file is next opened.  Any other line that
+    is not a result means the file is not a fastlstm result file (or was edited): that raises
+    ValueError rather than touching it (see fastlstm.durable.recover_lines).  An exclusive
+    lock (flock, where the OS has it) keeps two jobs from writing the same file.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -332,51 +351,34 @@ class ResultWriter:
         created = not os.path.exists(self.path)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            _lock(self._fd, self.path)
+            lock(self._fd, self.path)
             self._recover()
             if created:
-                _fsync_dir(self.path)
+                fsync_dir(self.path)
         except BaseException:
             os.close(self._fd)
             raise
 
     def _recover(self) -> None:
-        good_end, bad_line = 0, None
-        with open(self._fd, "rb", closefd=False) as f:
-            f.seek(0)
-            for number, raw in enumerate(f, 1):
-                record = None
-                if raw.endswith(b"\n"):
-                    try:
-                        record = json.loads(raw)
-                    except (ValueError, RecursionError):
-                        pass
-                if isinstance(record, dict) and "id" in record and "text" in record:
-                    if bad_line is not None:
-                        raise ValueError(
-                            f"{self.path} line {bad_line} is not a fastlstm batch result but "
-                            f"line {number} is: not a file this job can resume; move it away "
-                            "or choose another output")
-                    self.done.add(id_key(record["id"]))
-                    good_end = f.tell()
-                elif bad_line is None:
-                    bad_line = number
-            size = f.seek(0, os.SEEK_END)
-        if size > good_end:
-            self.repaired_bytes = size - good_end
-            os.ftruncate(self._fd, good_end)
-            os.fsync(self._fd)
+        def accept(number: int, record: dict) -> bool:
+            if "id" not in record or "text" not in record:
+                return False
+            self.done.add(id_key(record["id"]))
+            return True
+
+        self.repaired_bytes = recover_lines(self._fd, self.path, accept,
+                                            "fastlstm batch result")
 
     def write(self, records: Iterable[dict]) -> None:
-        """Append records (dicts with an "id"), one JSON line each; flush and fsync."""
+        """Append records (dicts with an "id"), one JSON line each, and fsync: all of them or,
+        if the write fails (a full disk: OSError naming the file), none; SIGINT and SIGTERM
+        wait until they are written (see fastlstm.durable)."""
         lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
         if not lines:
             return
-        data = memoryview("".join(lines).encode("utf-8"))
-        while data:
-            written = os.write(self._fd, data)
-            data = data[written:]
-        os.fsync(self._fd)
+        append_whole(self._fd, "".join(lines).encode("utf-8"), self.path,
+                     hint=f"; the {len(self.done):,} results written before are kept: make "
+                     "room, then run the same job again to resume")
         self.done.update(id_key(r["id"]) for r in records)
 
     def close(self) -> None:
@@ -389,31 +391,6 @@ class ResultWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _lock(fd: int, path: str) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; one job per output is then up to the user
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise ValueError(f"{path} is being written by another fastlstm batch job") from None
-
-
-def _fsync_dir(path: str) -> None:
-    """Make a new file's directory entry durable too (POSIX; a no-op where unsupported)."""
-    try:
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,11 +426,21 @@ class Job:
 
     Reads and checks the rows, skips those already written, reports bad rows, hands out
     windows of tasks, writes each window's results in input order, and keeps the summary.
+
+    Resuming (the output holds results): the job seed defaults to the one the output was
+    started with, and the job refuses, with ChangedJobError before anything runs, to add to
+    results made from other options (model file, weight precision, seed, generation
+    parameters: the manifest's last JOB) or from rows that changed since (a done id whose
+    prompt or own parameters differ from its manifest entry), or that it cannot check (no
+    manifest).  resume_changed=True goes on instead: those results are kept as they are, the
+    new options and the changed rows' entries are recorded, and later runs compare with them.
+    Rows added to the input are simply generated; results of rows gone from it stay.
     """
 
     def __init__(self, input, output, model, params: dict, *, input_format: str = "auto",
                  chunk_size: int = DEFAULT_CHUNK_SIZE, errors: str | os.PathLike | None = None,
-                 progress: bool = True, report_bad_rows: bool = True):
+                 progress: bool = True, report_bad_rows: bool = True,
+                 resume_changed: bool = False):
         if model.tokenizer is None:
             raise ValueError("batch jobs need a model with a tokenizer (prompts are text)")
         if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -470,24 +457,94 @@ class Job:
         self.defaults = params
         self.input_format = _input_format(input, input_format)
         self.chunk_size = chunk_size
-        self.summary = BatchSummary(job_seed=check_seed(seed) if seed is not None
-                                    else secrets.randbits(63))
         self._checked: dict[str, tuple[dict, str] | str] = {}  # raw params JSON -> checked
         self._seen: dict[str, int] = {}  # id key -> line, for duplicates
         self._report = report_bad_rows
-        self._errors = open(errors, "w", encoding="utf-8") if errors is not None else None
+        self._resume_changed = resume_changed
+        self._accepted: list[tuple] = []  # changed done rows kept (resume_changed): entries due
+        self._errors = None
+        self.manifest = None
+        self.writer = ResultWriter(output)
         try:
-            self.writer = ResultWriter(output)
+            self.manifest = Manifest(self.writer.path + MANIFEST_SUFFIX,
+                                     keep=bool(self.writer.done))
+            if seed is None and self.writer.done and self.manifest.job is not None:
+                seed = self.manifest.job.get("seed")  # resuming: the seed the job began with
+            self.summary = BatchSummary(job_seed=check_seed(seed) if seed is not None
+                                        else secrets.randbits(63),
+                                        repaired_bytes=self.writer.repaired_bytes)
+            options = job_options(model, params, self.summary.job_seed, input)
+            warning = self._check_resume(options) if self.writer.done else None
+            if not self.writer.done:
+                self.manifest.start(options)
+            if errors is not None:
+                self._errors = open(errors, "w", encoding="utf-8")
         except BaseException:
-            if self._errors is not None:
-                self._errors.close()
+            if self.manifest is not None:
+                self.manifest.close()
+            self.writer.close()
             raise
-        self.summary.repaired_bytes = self.writer.repaired_bytes
         self.progress = _Progress(count_lines(input) if progress else None, enabled=progress)
         self._start = time.perf_counter()
         if self.writer.repaired_bytes:
             self.progress.write(f"{self.writer.path}: cut off {self.writer.repaired_bytes} bytes "
                                 "of an incomplete last chunk (an earlier run was interrupted)")
+        if warning:
+            self.progress.write(warning)
+
+    # -- resuming: is the output's job this one? -------------------------------------------
+
+    def _check_resume(self, options: dict) -> str | None:
+        """Compare this job with the one the output's results were made by; raise
+        ChangedJobError if they differ, or (resume_changed) record the change and return a
+        warning.  Reads the whole input first, unless it is stdin (rows are then checked as
+        they are read, in _task)."""
+        manifest, n = self.manifest, len(self.writer.done)
+        changes = []
+        if manifest.job is None:
+            changes.append(f"there is no manifest {manifest.path} (an older fastlstm wrote "
+                           "the output, or the manifest was moved), so they cannot be checked")
+        else:
+            changes += option_differences(manifest.job, options)
+        if os.fspath(self.input) != "-":
+            count, shown = self._changed_done_rows()
+            if count and manifest.job is not None:
+                why = manifest.explain([(r.id, r.prompt, r.params) for r in shown])
+                listed = "; ".join(f"line {r.line} (id {r.id!r}): {w}"
+                                   for r, w in zip(shown, why))
+                more = f"; and {count - len(shown):,} more" if count > len(shown) else ""
+                done = "row already done has" if count == 1 else "rows already done have"
+                changes.append(f"{count:,} {done} changed in {self.input}: {listed}{more}")
+        if not changes:
+            return None
+        if not self._resume_changed:
+            raise ChangedJobError(
+                f"{self.writer.path} holds {n:,} result{'' if n == 1 else 's'} of a "
+                "different job, which resuming "
+                "would mix with results of this one:\n"
+                + "".join(f"  - {c}\n" for c in changes)
+                + "Write to another output, or pass --resume-changed (resume_changed=True) to "
+                "keep those results as they are and go on with this input and these options.")
+        manifest.resume_with_changes(options, changes, [])
+        return (f"{self.writer.path}: resuming although this job differs from the one that "
+                f"made its {n:,} results (--resume-changed); they are kept as they are:\n"
+                + "".join(f"  - {c}\n" for c in changes).rstrip("\n"))
+
+    def _changed_done_rows(self) -> tuple[int, list[Row]]:
+        """Done rows of the input (first row of each id) that differ from their manifest
+        entries: how many, and the first few."""
+        seen: set[str] = set()
+        count, shown = 0, []
+        for row in read_rows(self.input, self.input_format):
+            if isinstance(row, BadRow) or row.key in seen:
+                continue
+            seen.add(row.key)
+            if row.key in self.writer.done and not self.manifest.matches(row.id, row.prompt,
+                                                                         row.params):
+                count += 1
+                if len(shown) < _MAX_CHANGED_SHOWN:
+                    shown.append(row)
+        return count, shown
 
     # -- rows -> tasks ----------------------------------------------------------------------
 
@@ -520,6 +577,8 @@ class Job:
             self.bad(BadRow(row.line, f"duplicate id (first on line {first})", row.id))
             return None
         if key in self.writer.done:
+            if not self.manifest.matches(row.id, row.prompt, row.params):
+                self._changed_done_row(row)
             self.summary.skipped += 1
             return None
         params = dict(self.defaults)
@@ -544,7 +603,24 @@ class Job:
         except ValueError as e:
             self.bad(BadRow(row.line, str(e), row.id))
             return None
-        return Task(row.line, row.id, row.prompt, ids, checked[0], checked[1], seed)
+        return Task(row.line, row.id, row.prompt, ids, checked[0], checked[1], seed,
+                    row.params)
+
+    def _changed_done_row(self, row: Row) -> None:
+        """A done row that differs from its manifest entry, met while generating (stdin
+        input, or a file edited during the job): refused, or kept (resume_changed)."""
+        if not self._resume_changed:
+            why = (self.manifest.explain([(row.id, row.prompt, row.params)])[0]
+                   if self.manifest.job is not None else "no manifest to check it against")
+            raise ChangedJobError(
+                f"{self.writer.path}: line {row.line} of {self.input} (id {row.id!r}) changed "
+                f"since its result was written ({why}); the results written are kept. Restore "
+                "the row, write to another output, or pass --resume-changed "
+                "(resume_changed=True) to keep its result as it is.")
+        self._accepted.append((row.id, row.prompt, row.params))
+        if len(self._accepted) >= self.chunk_size:
+            self.manifest.record(self._accepted)
+            self._accepted = []
 
     def bad(self, bad: BadRow) -> None:
         """Record (and report) a row that cannot be generated."""
@@ -568,6 +644,9 @@ class Job:
     def write(self, window: list[Task], results: list[dict | str]) -> None:
         """Write one window's results, in input order; error strings become bad rows."""
         ordered = sorted(zip(window, results), key=lambda pair: pair[0].line)
+        # The rows' manifest entries first: every result in the output has one.
+        self.manifest.record(self._accepted + [(t.id, t.prompt, t.own) for t, _ in ordered])
+        self._accepted = []
         records = []
         for task, result in ordered:
             if isinstance(result, str):
@@ -584,9 +663,14 @@ class Job:
         """Close the output (and errors file); return the summary."""
         self.summary.seconds = time.perf_counter() - self._start
         self.progress.close()
-        self.writer.close()
-        if self._errors is not None:
-            self._errors.close()
+        try:
+            if self._accepted:
+                self.manifest.record(self._accepted)
+        finally:
+            self.manifest.close()
+            self.writer.close()
+            if self._errors is not None:
+                self._errors.close()
         return self.summary
 
 
@@ -662,14 +746,16 @@ def run_batch(input: str | os.PathLike, output: str | os.PathLike, model=None, *
               batch_size: int = DEFAULT_BATCH_SIZE, chunk_size: int = DEFAULT_CHUNK_SIZE,
               input_format: str = "auto", errors: str | os.PathLike | None = None,
               num_threads: int | None = None, dtype: str | None = None, progress: bool = False,
-              report_bad_rows: bool = False, **params) -> BatchSummary:
+              report_bad_rows: bool = False, resume_changed: bool = False,
+              **params) -> BatchSummary:
     """Generate for every prompt of `input` and append the results to `output` (JSONL).
 
     Args:
         input: a JSONL or plain-text file of prompts, or "-" for stdin (see `read_rows`).
         output: the JSONL results file, one line per row: {"id", "prompt", "text",
             "prompt_tokens", "new_tokens", "finish_reason" ("stop" or "length"), "seed"}.
-            If it exists, rows whose id it holds are skipped: re-running resumes.
+            If it exists, rows whose id it holds are skipped: re-running resumes.  Beside it,
+            OUTPUT.manifest records what the results were made with (fastlstm.manifest).
         model: a loaded `Model`, a model file path, or None for the bundled model.
         batch_size: prompts per generate call (rows are sorted by parameters and length
             within each chunk first).
@@ -681,20 +767,29 @@ def run_batch(input: str | os.PathLike, output: str | os.PathLike, model=None, *
         dtype: the precision to load `model` in (see `fastlstm.load`), when it is a path.
         progress: show a progress bar (tqdm if installed) on stderr.
         report_bad_rows: print bad rows to stderr (the first 20) as they are found.
+        resume_changed: resume even if the output's results were made from other input
+            rows or options (see Job); otherwise that raises ChangedJobError.
         **params: the job's generation parameters (Model.generate's names: max_new_tokens,
             temperature, top_k, top_p, min_p, repetition_penalty, stop, eos_token_id, seed);
             a JSONL row may override any of them for itself.  `seed` is the job seed each
-            row's seed is derived from (see `row_seed`); None draws one at random.
+            row's seed is derived from (see `row_seed`); None draws one at random, or, when
+            resuming, takes the seed the output was started with.
 
     Returns:
         A BatchSummary: rows generated, skipped, bad rows with their line numbers, tokens.
+
+    Raises:
+        ValueError: a bad job option, or an output that is not a result file; the subclass
+            ChangedJobError when resuming an output made by a different job.
+        OSError: a missing input, or an output that cannot be written (a full disk): the file
+            then holds whole chunks only, and running the job again resumes it.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     model = _load(model, num_threads, dtype)
     job = Job(input, output, model, params, input_format=input_format,
               chunk_size=chunk_size, errors=errors, progress=progress,
-              report_bad_rows=report_bad_rows)
+              report_bad_rows=report_bad_rows, resume_changed=resume_changed)
     try:
         for window in job.windows():
             results: list[dict | str] = []

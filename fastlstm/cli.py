@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
+import threading
 from collections.abc import Mapping
 
-from fastlstm.batch import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE
+from fastlstm.batch import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, JobError
 from fastlstm.config import RNN_TYPES
 from fastlstm.precision import DTYPES
+from fastlstm.ray_data import DEFAULT_MAX_RESTARTS  # ray itself is imported only by --ray
 
 __all__ = ["main"]
 
@@ -26,14 +29,15 @@ _EXIT_ERROR = 2  # argparse's code for usage errors; ours are the same kind: bad
 def main(argv: list[str] | None = None) -> int:
     """Run the fastlstm command line with `argv` (default: sys.argv[1:]); return the exit code.
 
-    Errors in the input (a missing file, an invalid model, ...) print
-    `fastlstm: error: <message>` to stderr and return 2, without a traceback.
+    Errors in the input (a missing file, an invalid model, ...) and in the environment (a
+    full disk, lost Ray workers) print `fastlstm: error: <message>` to stderr and return 2,
+    without a traceback.
     """
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, OSError, ImportError) as e:
+    except (ValueError, OSError, ImportError, JobError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return _EXIT_ERROR
 
@@ -460,6 +464,16 @@ def _run_generate(args) -> int:
 
 _EXIT_BAD_ROWS = 1  # the job finished, but some rows could not be generated
 _EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+_EXIT_TERMINATED = 143  # SIGTERM (128 + 15): a scheduler stopping the job
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: it stops a batch job exactly as Ctrl-C does (the
+    generation loop polls for signals; a chunk being written is finished first)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
 
 
 def _add_batch(subparsers) -> None:
@@ -484,16 +498,28 @@ def _add_batch(subparsers) -> None:
         "their id alone (fastlstm.batch.row_seed), so every row's text is the same whatever\n"
         "batch, worker or run it lands in, on one machine or on Ray.\n"
         "\n"
+        "Resuming checks OUTPUT.manifest, written beside OUTPUT: if the results were made\n"
+        "with another model file, precision, seed or generation option, or rows already\n"
+        "done have changed in INPUT (prompt or own parameters), the job is refused and the\n"
+        "message says what differs; --resume-changed goes on, keeping those results as they\n"
+        "are.  Without --seed a resumed job keeps the seed it started with.  Rows added to\n"
+        "INPUT are simply generated.\n"
+        "\n"
         "Bad rows (invalid JSON, no prompt, unknown fields, invalid parameters, text the\n"
         "model cannot encode, an id seen before) are reported with their line numbers and\n"
         "skipped; the job goes on.  Exit status: 0 all rows done, 1 done but some rows bad,\n"
-        "2 error (nothing generated), 130 interrupted.\n"
+        "2 error (a bad option or input, a changed job, a full disk, Ray workers that kept\n"
+        "dying: the chunks written are kept), 130 interrupted (Ctrl-C), 143 terminated\n"
+        "(SIGTERM: as Ctrl-C, the chunk being written is finished).  Every stop leaves\n"
+        "whole chunks only, and running the same command again resumes.\n"
         "\n"
         "--ray runs the generation on a Ray cluster (pip install \"fastlstm[ray]\"): this\n"
         "process reads, checks and writes exactly as without it, and --workers actors of\n"
         "--threads threads each generate.  No ADDRESS starts a local Ray; the model file must\n"
-        "be readable at the same path on every node.  Put --ray after INPUT, or write\n"
-        "--ray=ADDRESS, so that INPUT is not taken for the address.",
+        "be readable at the same path on every node.  A worker that dies (its process, or its\n"
+        "node) is restarted and its batch retried, up to --max-restarts times per worker;\n"
+        "then the job stops.  Put --ray after INPUT, or write --ray=ADDRESS, so that INPUT\n"
+        "is not taken for the address.",
         "  fastlstm batch prompts.jsonl -o results.jsonl --max-new-tokens 64 --seed 1\n"
         "  fastlstm batch lines.txt -o results.jsonl --model my.safetensors --temperature 0.7\n"
         "  fastlstm batch prompts.jsonl -o results.jsonl --errors bad_rows.jsonl --quiet\n"
@@ -523,6 +549,12 @@ def _add_batch(subparsers) -> None:
                    "no ADDRESS: a local Ray")
     p.add_argument("--workers", type=int, metavar="N",
                    help="with --ray: model actors (default: the cluster's CPUs / --threads)")
+    p.add_argument("--max-restarts", type=int, metavar="N",
+                   help="with --ray: restarts of each worker that dies, its batch retried, "
+                   f"before the job stops (default: {DEFAULT_MAX_RESTARTS})")
+    p.add_argument("--resume-changed", action="store_true",
+                   help="resume OUTPUT even though its results were made with other options "
+                   "or from rows that changed since; they are kept as they are")
     _add_dtype_arg(p)
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar and no summary (bad rows are still reported)")
@@ -534,24 +566,36 @@ def _run_batch(args) -> int:
 
     options = dict(batch_size=args.batch_size, chunk_size=args.chunk_size,
                    input_format=args.format, errors=args.errors, progress=not args.quiet,
-                   dtype=args.dtype,
+                   dtype=args.dtype, resume_changed=args.resume_changed,
                    report_bad_rows=True, **_generation_params(args))
-    if args.workers is not None and args.ray is None:
-        raise ValueError("--workers needs --ray")
+    if args.ray is None:
+        for flag, value in (("--workers", args.workers), ("--max-restarts", args.max_restarts)):
+            if value is not None:
+                raise ValueError(f"{flag} needs --ray")
+    # SIGTERM stops the job as Ctrl-C does (its default would end the process mid-chunk).
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         if args.ray is not None:
             from fastlstm.ray_data import run_batch_ray
 
+            max_restarts = (DEFAULT_MAX_RESTARTS if args.max_restarts is None
+                            else args.max_restarts)
             summary = run_batch_ray(args.input, args.output, args.model,
                                     address=args.ray or None, workers=args.workers,
-                                    num_threads=args.threads or 1, **options)
+                                    num_threads=args.threads or 1,
+                                    max_restarts=max_restarts, **options)
         else:
             summary = run_batch(args.input, args.output, args.model,
                                 num_threads=args.threads, **options)
-    except KeyboardInterrupt:
-        print(f"fastlstm batch: interrupted; the chunks written to {args.output} are kept: "
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
+        print(f"fastlstm batch: {how}; the chunks written to {args.output} are kept: "
               "run the same command to resume", file=sys.stderr)
-        return _EXIT_INTERRUPTED
+        return _EXIT_TERMINATED if isinstance(e, _Terminated) else _EXIT_INTERRUPTED
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, saved if saved is not None else signal.SIG_DFL)
     if not args.quiet:
         print(f"fastlstm batch: {summary}", file=sys.stderr)
     if summary.bad_rows:

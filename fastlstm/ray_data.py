@@ -21,16 +21,19 @@ import json
 import logging
 import os
 import secrets
+import signal
+import threading
 
 import numpy as np
 
-from fastlstm.batch import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, BatchSummary, Job, Task,
-                            ROW_PARAMS, check_params, check_seed, generate_tasks, row_seed)
+from fastlstm.batch import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, BatchSummary, Job, JobError,
+                            Task, ROW_PARAMS, check_params, check_seed, generate_tasks, row_seed)
 
 __all__ = ["FastlstmPredictor", "run_batch_ray"]
 
 _OUTPUT_COLUMNS = ("text", "prompt_tokens", "new_tokens", "finish_reason", "seed", "error")
 CHUNKS_PER_ROUND = 64  # chunks per Ray dataset: bounds what the driver holds in memory
+DEFAULT_MAX_RESTARTS = 3  # restarts of a dying actor (Ray Data's default: forever)
 
 
 def _import_ray():
@@ -182,6 +185,7 @@ def run_batch_ray(input: str | os.PathLike, output: str | os.PathLike, model=Non
                   batch_size: int = DEFAULT_BATCH_SIZE, chunk_size: int = DEFAULT_CHUNK_SIZE,
                   input_format: str = "auto", errors: str | os.PathLike | None = None,
                   progress: bool = False, report_bad_rows: bool = False,
+                  resume_changed: bool = False, max_restarts: int = DEFAULT_MAX_RESTARTS,
                   **params) -> BatchSummary:
     """`fastlstm.batch.run_batch` with the generation spread over Ray actors.
 
@@ -199,6 +203,10 @@ def run_batch_ray(input: str | os.PathLike, output: str | os.PathLike, model=Non
         num_threads: threads (and Ray CPUs) per actor.
         dtype: the precision each actor holds the weights in (see `fastlstm.load`); None:
             the file's, or that of a loaded Model.
+        max_restarts: how many times Ray restarts an actor whose process dies (killed, out
+            of memory, its node lost), retrying the batch it was running each time.  Results
+            are keyed by input line, so a retried batch is written once.  When an actor dies
+            once more, the job stops with JobError; the chunks written are kept.
 
     The driver reads at most 64 chunks of rows ahead, runs them as one Ray Dataset through
     `map_batches(FastlstmPredictor, ...)` with an actor pool, and writes each chunk, in input
@@ -211,6 +219,8 @@ def run_batch_ray(input: str | os.PathLike, output: str | os.PathLike, model=Non
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be a positive int, got {workers!r}")
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+        raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
     if isinstance(model, Model):
         model, dtype = model.path, dtype or model.dtype
     if os.fspath(input) != "-" and not os.path.isfile(input):
@@ -218,7 +228,11 @@ def run_batch_ray(input: str | os.PathLike, output: str | os.PathLike, model=Non
     driver_model = load(model, dtype=dtype, num_threads=1)  # checks rows (tokenizer, parameters) here
     started = not ray.is_initialized()
     if started:
+        main_thread = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
         ray.init(address=address, include_dashboard=False, logging_level="ERROR")
+        if sigterm is not None:  # ray.init makes SIGTERM exit at once; the caller's stays
+            signal.signal(signal.SIGTERM, sigterm)
     try:
         if workers is None:
             workers = max(1, int(ray.cluster_resources().get("CPU", 1) // num_threads))
@@ -234,8 +248,9 @@ def run_batch_ray(input: str | os.PathLike, output: str | os.PathLike, model=Non
             summary = _run_job(ray, Job(input, output, driver_model, params,
                                         input_format=input_format, chunk_size=chunk_size,
                                         errors=errors, progress=progress,
-                                        report_bad_rows=report_bad_rows),
-                               model, dtype, workers, num_threads, batch_size)
+                                        report_bad_rows=report_bad_rows,
+                                        resume_changed=resume_changed),
+                               model, dtype, workers, num_threads, batch_size, max_restarts)
         finally:
             logger.setLevel(saved[0])
             context.execution_options.preserve_order, context.enable_progress_bars = saved[1:]
@@ -246,21 +261,45 @@ def run_batch_ray(input: str | os.PathLike, output: str | os.PathLike, model=Non
 
 
 def _run_job(ray, job: Job, model, dtype: str | None, workers: int, num_threads: int,
-             batch_size: int) -> BatchSummary:
+             batch_size: int, max_restarts: int) -> BatchSummary:
+    # A dead actor is restarted (a fresh process loading the model) and the batch it was
+    # running is retried on it, max_restarts times each; Ray Data would retry forever.  (They
+    # go through map_batches' **ray_remote_args, which Ray 2.60 deprecates with no named
+    # parameter for them yet.)
     predictor = dict(fn=FastlstmPredictor, batch_size=batch_size, batch_format="numpy",
                      fn_constructor_kwargs={"model": model, "num_threads": num_threads,
                                             "dtype": dtype},
-                     num_cpus=num_threads, compute=ray.data.ActorPoolStrategy(size=workers))
+                     num_cpus=num_threads, compute=ray.data.ActorPoolStrategy(size=workers),
+                     max_restarts=max_restarts, max_task_retries=max_restarts)
     try:
         windows = job.windows()
         while True:
             chunks = [w for _, w in zip(range(CHUNKS_PER_ROUND), windows)]
             if not chunks:
                 break
-            _run_round(ray, job, chunks, batch_size, workers, predictor)
+            try:
+                _run_round(ray, job, chunks, batch_size, workers, predictor)
+            except ray.exceptions.RayError as e:
+                raise _job_error(ray, e, job, max_restarts) from e
     finally:
         summary = job.close()
     return summary
+
+
+def _job_error(ray, error: Exception, job: Job, max_restarts: int) -> JobError:
+    """A Ray failure as JobError: what failed (the first line of Ray's message) and that the
+    results written are kept."""
+    first_line = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else ""
+    died = (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError,
+            ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
+    if isinstance(error, died):
+        what = (f"a Ray worker died more often than its {max_restarts} restart"
+                f"{'' if max_restarts == 1 else 's'} allow (max_restarts, --max-restarts)")
+    else:
+        what = "the Ray job failed"
+    return JobError(f"{what}: {type(error).__name__}: {first_line}; the "
+                    f"{len(job.writer.done):,} results in {job.writer.path} are kept: run the "
+                    "same job again to resume")
 
 
 def _run_round(ray, job: Job, chunks: list[list[Task]], batch_size: int, workers: int,

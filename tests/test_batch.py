@@ -47,6 +47,11 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
+def copy_manifest(source: Path, output: Path) -> None:
+    """Give `output` the job manifest of `source` (fastlstm.manifest), as a crash leaves it."""
+    Path(f"{output}.manifest").write_bytes(Path(f"{source}.manifest").read_bytes())
+
+
 def job_input(tmp_path: Path, n: int) -> Path:
     return write_jsonl(tmp_path / "in.jsonl",
                        [{"id": f"p{i}", "prompt": p} for i, p in enumerate(prompts(n))])
@@ -289,6 +294,7 @@ def test_resume_from_a_file_cut_at_any_byte(tmp_path, model):
     for cut in cuts:
         out = tmp_path / f"cut{cut}.jsonl"
         out.write_bytes(data[:cut])
+        copy_manifest(reference, out)  # a crash leaves it in place, ahead of the output
         complete = data[:cut].count(b"\n")
         summary = run_batch(src, out, model, seed=11, chunk_size=5, **PARAMS)
         assert summary.skipped == complete, cut
@@ -305,6 +311,7 @@ def test_resume_drops_a_garbage_tail(tmp_path, model):
     first_two = b"".join(data.splitlines(keepends=True)[:2])
     out = tmp_path / "out.jsonl"
     out.write_bytes(first_two + b"\0" * 100 + b"\n" + b'{"id": "p2", "te')
+    copy_manifest(reference, out)
     summary = run_batch(src, out, model, seed=1, **PARAMS)
     assert summary.skipped == 2
     assert out.read_bytes() == data

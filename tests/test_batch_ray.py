@@ -5,7 +5,6 @@ single-machine job writes, resuming included."""
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -15,27 +14,10 @@ import fastlstm
 from fastlstm.batch import row_seed, run_batch
 from fastlstm.cli import main
 from fastlstm.ray_data import FastlstmPredictor, run_batch_ray
+from ray_local import local_ray  # noqa: F401  (a fixture)
 
 PARAMS = dict(max_new_tokens=10, temperature=0.8, top_p=0.9)
 NAMES = ["ROMEO", "JULIET", "HAMLET", "OPHELIA", "KING LEAR", "PORTIA", "IAGO", "PUCK"]
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    # Ray's workers start in the driver's working directory and import from it first: from a
-    # source checkout whose compiled extensions live elsewhere (CI tests the installed
-    # package), they would import the unbuilt sources.  Start them in an empty directory,
-    # with the directory holding the fastlstm under test on their path.
-    cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("ray"))
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastlstm.__file__)))
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
-                 runtime_env={"env_vars": {"PYTHONPATH": package_parent}})
-        yield
-        ray.shutdown()
-    finally:
-        os.chdir(cwd)
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +98,9 @@ def test_ray_job_writes_the_single_machine_file(local_ray, tmp_path, model):
     cut = data.index(b"\n", len(data) // 2) - 5
     resumed = tmp_path / "resumed.jsonl"
     resumed.write_bytes(data[:cut])
+    # The job manifest, as a crash leaves it: written ahead of the output.
+    (tmp_path / "resumed.jsonl.manifest").write_bytes(
+        (tmp_path / "single.jsonl.manifest").read_bytes())
     summary = run_batch_ray(src, resumed, None, workers=2, seed=21, chunk_size=40, **PARAMS)
     assert summary.skipped == data[:cut].count(b"\n") and summary.repaired_bytes > 0
     assert resumed.read_bytes() == data
