@@ -195,6 +195,9 @@ def _model_layers(config) -> tuple[list[_Layer], list[_Layer]]:
         return body, layers
     if cls in ("Functional", "Model") and isinstance(inner, dict) and "layers" in inner:
         layers = [_Layer(e, i) for i, e in enumerate(inner["layers"])]
+        for layer in layers:  # said before the graph, whose shape these layers explain
+            if layer.cls in _REFUSED:
+                raise _unsupported(layer, _REFUSED[layer.cls])
         return layers, _functional_chain(layers, inner)
     raise ValueError(f"a {cls} model is not supported: fastlstm reads Sequential models and "
                      "functional models (keras.Model(inputs, outputs)) whose config lists "
