@@ -539,7 +539,8 @@ def _check_magnitudes(embedding, recurrent: RecurrentWeights, head_weight, head_
         if relu:
             return
         x = h
-    check(row_sum(head_weight) * x + largest(head_bias), f"an output of the head ({head_name!r})")
+    check(row_sum(head_weight) * x + largest(head_bias),
+          f"{'a logit' if embedding is not None else 'an output of the head'} ({head_name!r})")
 
 
 def _resolve_rnn_type(metadata: dict[str, str], rnn_type: str | None) -> str | None:
