@@ -37,7 +37,8 @@ def extension(name):
 
 setup(
     ext_modules=cythonize(
-        [extension("_rnn"), extension("_generate"), extension("_matmul")],
+        [extension("_rnn"), extension("_generate"), extension("_matmul"),
+         extension("_forecast")],
         include_path=["src_pyx"],
         compiler_directives={
             "language_level": 3,

@@ -347,7 +347,33 @@ def slow_lines(speed) -> list[str]:
     return lines
 
 
+def forecast_lines(forecast, noisy=frozenset()) -> list[str]:
+    """Per forecasting config: time steps/s (history + forecast steps, over the batch) of
+    each runtime, and fastlstm's ratios to PyTorch and ONNX Runtime."""
+    runtimes = [r for r in ("fastlstm", "torch", "onnxruntime")
+                if any(r in row for row in forecast.values())]
+    lines = []
+    for config in configs_in(forecast):
+        lines += [f"### {config}", "",
+                  "| B | T | " + " | ".join(RUNTIMES[r] for r in runtimes)
+                  + " | fastlstm / PyTorch | fastlstm / ORT |",
+                  "|---|---|" + "---:|" * (len(runtimes) + 2)]
+        for key in sorted((k for k in forecast if k.config == config),
+                          key=lambda k: (k.batch, k.threads)):
+            row = forecast[key]
+            cells = [str(key.batch), str(key.threads)]
+            cells += [fmt(row.get(r)) + (" †" if (key, r) in noisy else "") for r in runtimes]
+            cells += [fmt(ratio(row.get("fastlstm"), row.get("torch")), True),
+                      fmt(ratio(row.get("fastlstm"), row.get("onnxruntime")), True)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def markdown(speed, startup, machine, date, stat) -> str:
+    # Forecasting rows (bench/test_forecast.py) get their own section; the rest is decode/prefill.
+    forecast = {k: v for k, v in speed.items() if k.mode == "forecast"}
+    speed = {k: v for k, v in speed.items() if k.mode != "forecast"}
     rows = targets(speed, startup)
     lines = ["# fastlstm benchmarks", "",
              "Made by `pytest bench/ --benchmark-json=results.json` and `python -m bench.report "
@@ -378,6 +404,14 @@ def markdown(speed, startup, machine, date, stat) -> str:
         lines += speed_tables(speed, noisy)
         lines += ["## Two threads vs one, decode at batch 64 (tokens/s ratio)", ""]
         lines += scaling_table(speed)
+    if forecast:
+        lines += ["## Forecasting (time steps per second)", "",
+                  "A round runs a history of 256 steps and then forecasts 64 steps, feeding each "
+                  "prediction back, for every series of the batch (fastlstm: `forecast`, one call; "
+                  "PyTorch: the module over the history, then a Python loop; ONNX Runtime: one "
+                  "graph run on the history, then once per step). steps/s = batch x 320 / "
+                  "round time. See bench/forecasters.py.", ""]
+        lines += forecast_lines(forecast, noisy)
     startup_part = startup_lines(startup)
     if startup_part:
         lines += ["## Startup", ""] + startup_part
@@ -401,6 +435,7 @@ def plot(speed, path: str, title: str = "") -> None:
     import matplotlib.ticker
     import numpy as np
 
+    speed = {k: v for k, v in speed.items() if k.mode != "forecast"}  # tables only
     configs = configs_in(speed)
     threads = sorted({k.threads for k in speed})
     runtimes = [r for r in RUNTIMES if any(r in row for row in speed.values())]

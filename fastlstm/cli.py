@@ -1,5 +1,5 @@
 """The `fastlstm` command line: `fastlstm generate ...`, `fastlstm batch ...`, `fastlstm export ...`,
-`fastlstm info ...`, `fastlstm train ...`.
+`fastlstm convert ...`, `fastlstm forecast ...`, `fastlstm info ...`, `fastlstm train ...`.
 
 Each subcommand is a pair of functions, `_add_<name>(subparsers)` declaring its arguments and
 `_run_<name>(args) -> int` doing the work; list the first in `_SUBCOMMANDS` to add one.
@@ -45,11 +45,14 @@ def main(argv: list[str] | None = None) -> int:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastlstm",
-        description="Run PyTorch LSTM, GRU and RNN language models on the CPU, without PyTorch.",
+        description="Run LSTM, GRU and RNN language models and forecasters trained in PyTorch "
+        "or Keras on the CPU, without PyTorch or Keras.",
         epilog="examples:\n"
         '  fastlstm generate --prompt "ROMEO:"\n'
         "  fastlstm batch prompts.jsonl -o results.jsonl --seed 1\n"
         "  fastlstm export model.pt -o model.safetensors --vocab vocab.json\n"
+        "  fastlstm convert model.keras -o model.safetensors --vocab vocab.json\n"
+        "  fastlstm forecast forecaster.safetensors --input series.csv --steps 24\n"
         "  fastlstm info model.safetensors\n"
         "  fastlstm train corpus.txt -o model.safetensors --minutes 10\n"
         "\n"
@@ -138,8 +141,12 @@ def _add_export(subparsers) -> None:
 
 def _run_export(args) -> int:
     from fastlstm.export import convert, export
+    from fastlstm.keras_reader import keras_file_kind
 
-    if _is_safetensors(args.checkpoint):
+    if keras_file_kind(args.checkpoint) is not None:  # a Keras model: what convert reads
+        convert(args.checkpoint, args.output, dtype=args.dtype, rnn_type=args.rnn_type,
+                vocab=_read_vocab(args.vocab) if args.vocab else None, tokenizer=args.tokenizer)
+    elif _is_safetensors(args.checkpoint):
         if args.dtype is None:
             raise ValueError("converting a .safetensors file needs --dtype (float32, float16, "
                              "bfloat16 or int8)")
@@ -231,6 +238,170 @@ def _read_vocab(path: str) -> list:
 
 
 # ---------------------------------------------------------------------------------------------
+# fastlstm convert
+
+
+def _add_convert(subparsers) -> None:
+    p = _add_parser(
+        subparsers,
+        "convert",
+        "Write any model fastlstm reads (a Keras .keras or .h5 model, a safetensors state_dict "
+        "or fastlstm file) as a fastlstm file, optionally in another precision.",
+        "Keras models are read without Keras or TensorFlow (needs h5py: pip install\n"
+        "\"fastlstm[keras]\"): Sequential or chain-shaped functional models of Embedding (or\n"
+        "float inputs) -> LSTM / GRU / SimpleRNN -> Dense, saved with model.save(\"m.keras\")\n"
+        "or, in the legacy HDF5 format, model.save(\"m.h5\") (tf.keras 2.x's too). Anything\n"
+        "else (Bidirectional, attention, Conv1D, stateful or go_backwards layers, masking)\n"
+        "is refused, naming the layer.  A Keras language model has no tokenizer: give its\n"
+        "vocabulary with --vocab so that `fastlstm generate` can take text.\n"
+        "\n"
+        "A PyTorch checkpoint (.pt) is read by `fastlstm export`.",
+        "  fastlstm convert model.keras -o model.safetensors --vocab vocab.json --tokenizer char\n"
+        "  fastlstm convert forecaster.h5 -o forecaster.safetensors\n"
+        "  fastlstm convert model.safetensors -o model-int8.safetensors --dtype int8",
+    )
+    p.add_argument("model", metavar="MODEL",
+                   help="the model to convert: .keras, .h5, or .safetensors")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.safetensors",
+                   help="the file to write")
+    p.add_argument("--vocab", metavar="FILE",
+                   help="a language model's tokens, index = id: a JSON list of strings, or a "
+                   "text file with one token per line (replaces the file's own tokenizer)")
+    p.add_argument("--tokenizer", choices=("char", "word", "byte"),
+                   help="tokenizer kind (default with --vocab: char if every token is one "
+                   "character, else word)")
+    p.add_argument("--rnn-type", choices=RNN_TYPES,
+                   help="the recurrent cell, for plain RNN state_dicts without metadata")
+    p.add_argument("--dtype", choices=DTYPES,
+                   help="precision of the stored matrices (default: the input's own)")
+    p.set_defaults(run=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from fastlstm.export import convert
+
+    convert(args.model, args.output, dtype=args.dtype, rnn_type=args.rnn_type,
+            vocab=_read_vocab(args.vocab) if args.vocab else None, tokenizer=args.tokenizer)
+    print(f"wrote {args.output}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# fastlstm forecast
+
+
+def _add_forecast(subparsers) -> None:
+    p = _add_parser(
+        subparsers,
+        "forecast",
+        "Forecast a time series with a forecaster (CSV in, CSV out).",
+        "INPUT is a CSV file, one row a time step and one column a feature, in the order\n"
+        "the model was trained on; a first row that is not all numbers is a header, and is\n"
+        "written again above the forecast.  The model runs over every row, then feeds each\n"
+        "prediction back as the next input for --steps steps (the model's outputs must be\n"
+        "its input features).  The forecast is written as CSV, one row a step, to -o or to\n"
+        "stdout, with 9 significant digits (float32 values round-trip exactly).  MODEL is a\n"
+        "forecaster file, or a Keras model of float inputs (.keras, .h5).",
+        "  fastlstm forecast forecaster.safetensors --input series.csv --steps 24\n"
+        "  fastlstm forecast model.keras --input load.csv --steps 96 -o forecast.csv",
+    )
+    p.add_argument("model", metavar="MODEL", help="a forecaster: .safetensors, .keras or .h5")
+    p.add_argument("--input", required=True, metavar="CSV",
+                   help='the history, one row a time step ("-" reads stdin)')
+    p.add_argument("--steps", required=True, type=int, metavar="N", help="steps to forecast")
+    p.add_argument("-o", "--output", metavar="CSV", help="where to write (default: stdout)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="threads (default: OMP_NUM_THREADS or all cores)")
+    _add_dtype_arg(p)
+    p.set_defaults(run=_run_forecast)
+
+
+def _run_forecast(args) -> int:
+    import fastlstm
+
+    if args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    model = fastlstm.load(args.model, dtype=args.dtype, num_threads=args.threads)
+    if not isinstance(model, fastlstm.Forecaster):
+        raise ValueError(f"{args.model} is a language model (token ids in); `fastlstm forecast` "
+                         "needs a forecaster (float features in)")
+    header, history = read_series_csv(args.input)
+    if history.shape[1] != model.config.input_size:
+        raise ValueError(f"{args.input} has {history.shape[1]} columns; the model takes "
+                         f"{model.config.input_size} features per step")
+    forecast = model.forecast(history, args.steps)
+    write_series_csv(args.output, header, forecast)
+    return 0
+
+
+def read_series_csv(path: str):
+    """(header or None, float64 array (steps, features)) from a CSV file of numbers, one row
+    a time step; blank lines are skipped, a first row that is not all numbers is the header."""
+    import csv
+
+    import numpy as np
+
+    if path == "-":
+        rows = list(csv.reader(sys.stdin))
+    else:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    numbered = [(n, row) for n, row in enumerate(rows, 1) if any(cell.strip() for cell in row)]
+    if not numbered:
+        raise ValueError(f"{path}: no rows")
+    header = None
+    if not all(_is_number(cell) for cell in numbered[0][1]):
+        header = numbered[0][1]
+        numbered = numbered[1:]
+        if not numbered:
+            raise ValueError(f"{path}: a header and no rows of numbers")
+    width = len(numbered[0][1])
+    values = []
+    for n, row in numbered:
+        if len(row) != width:
+            raise ValueError(f"{path}:{n}: {len(row)} columns, where the first row has {width}")
+        try:
+            values.append([float(cell) for cell in row])
+        except ValueError:
+            bad = next(cell for cell in row if not _is_number(cell))
+            raise ValueError(f"{path}:{n}: {bad!r} is not a number (every column must be a "
+                             "feature: drop dates and labels)") from None
+    array = np.array(values, dtype=np.float64)
+    if not np.isfinite(array).all():
+        n = numbered[int(np.argwhere(~np.isfinite(array))[0][0])][0]
+        raise ValueError(f"{path}:{n}: NaN or infinite values cannot be forecast from")
+    if header is not None and len(header) != width:
+        raise ValueError(f"{path}: the header has {len(header)} columns, the rows {width}")
+    return header, array
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def write_series_csv(path: str | None, header, values) -> None:
+    """Write (steps, features) values as CSV rows (9 significant digits: float32 exactly)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if header is not None:
+        writer.writerow(header)
+    for row in values:
+        writer.writerow([f"{float(v):.9g}" for v in row])
+    if path is None:
+        sys.stdout.write(buffer.getvalue())
+    else:
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            f.write(buffer.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
 # fastlstm info
 
 
@@ -238,11 +409,13 @@ def _add_info(subparsers) -> None:
     p = _add_parser(
         subparsers,
         "info",
-        "Show the architecture, size and tokenizer of a fastlstm model file.",
-        "Loads the model as fastlstm.load() does, so it also checks that the file is valid.",
-        "  fastlstm info model.safetensors",
+        "Show the architecture, size and tokenizer of a model file.",
+        "Loads the model as fastlstm.load() does, so it also checks that the file is valid:\n"
+        "a fastlstm file, a safetensors state_dict, or a Keras model (.keras, .h5).",
+        "  fastlstm info model.safetensors\n"
+        "  fastlstm info model.keras",
     )
-    p.add_argument("model", metavar="MODEL", help="a fastlstm model file (.safetensors)")
+    p.add_argument("model", metavar="MODEL", help="a model file (.safetensors, .keras, .h5)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads the model would run with (default: OMP_NUM_THREADS or all cores)")
     p.set_defaults(run=_run_info)
@@ -254,6 +427,26 @@ def _run_info(args) -> int:
     model = fastlstm.load(args.model, num_threads=args.threads)
     c = model.config
     yes_no = {True: "yes", False: "no"}
+    if isinstance(model, fastlstm.Forecaster):
+        rows = [
+            ("file", args.model),
+            ("kind", "forecaster (float inputs)"),
+            ("rnn_type", c.rnn_type),
+            ("num_layers", str(c.num_layers)),
+            ("input_size", str(c.input_size)),
+            ("hidden_size", str(c.hidden_size)),
+            ("proj_size", str(c.proj_size) if c.proj_size else "none"),
+            ("output_size", str(c.output_size)
+             + (" (forecast feeds outputs back)" if c.output_size == c.input_size
+                else " (predict only: outputs are not the inputs)")),
+            ("bias", f"{yes_no[c.bias]} (head bias: {yes_no[c.head_bias]})"),
+            ("parameters", f"{c.num_parameters:,}"),
+            ("dtype", model.dtype),
+            ("weight bytes", f"{_human_bytes(model.nbytes)} ({model.nbytes:,} bytes in memory)"),
+            *_run_rows(model),
+        ]
+        _print_rows(rows)
+        return 0
     rows = [
         ("file", args.model),
         ("rnn_type", c.rnn_type),
@@ -268,15 +461,28 @@ def _run_info(args) -> int:
         ("dtype", model.dtype),
         ("weight bytes", f"{_human_bytes(model.nbytes)} ({model.nbytes:,} bytes in memory)"),
         ("tokenizer", repr(model.tokenizer) if model.tokenizer is not None else "none"),
-        ("kernel path", f"{model.kernel_path} (this CPU runs: "
-                        f"{', '.join(fastlstm.isa.available())}; FASTLSTM_ISA forces one)"),
+        *_run_rows(model),
+    ]
+    _print_rows(rows)
+    return 0
+
+
+def _run_rows(model) -> list[tuple[str, str]]:
+    """How the model runs here: the kernel path and the threads."""
+    from fastlstm import isa
+
+    return [
+        ("kernel path", f"{model.kernel_path} (this CPU runs: {', '.join(isa.available())}; "
+                        "FASTLSTM_ISA forces one)"),
         ("threads", f"{model.num_threads} (batches of fewer rows share every product)"
                     if model.num_threads > 1 else "1"),
     ]
+
+
+def _print_rows(rows) -> None:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
-    return 0
 
 
 def _human_bytes(n: int) -> str:
@@ -444,6 +650,9 @@ def _run_generate(args) -> int:
     import fastlstm
 
     model = fastlstm.load(args.model, dtype=args.dtype, num_threads=args.threads)
+    if isinstance(model, fastlstm.Forecaster):
+        raise ValueError(f"{args.model} is a forecaster (float features in): use "
+                         "`fastlstm forecast`")
     params = _generation_params(args)
     if args.stream:
         if args.num_samples != 1:
@@ -603,4 +812,5 @@ def _run_batch(args) -> int:
     return 0
 
 
-_SUBCOMMANDS = [_add_generate, _add_batch, _add_export, _add_info, _add_train]
+_SUBCOMMANDS = [_add_generate, _add_batch, _add_export, _add_convert, _add_forecast, _add_info,
+                _add_train]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# PyTorch's word_language_model names, and how many gates each cell stacks in weight_ih/hh.
-GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+# PyTorch's word_language_model names, and how many gates each cell stacks in weight_ih/hh;
+# GRU_RESET_BEFORE is Keras's GRU(reset_after=False), which PyTorch does not have:
+# n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) where nn.GRU has r * (W_hn h + b_hn).
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1, "GRU_RESET_BEFORE": 3}
 RNN_TYPES = tuple(GATES)
 
 
@@ -26,7 +28,7 @@ class ModelConfig:
     """The architecture of an `Embedding -> recurrent stack -> Linear` language model.
 
     Attributes:
-        rnn_type: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU".
+        rnn_type: "LSTM", "GRU", "GRU_RESET_BEFORE", "RNN_TANH" or "RNN_RELU".
         num_layers: number of stacked recurrent layers.
         vocab_size: V, rows of the embedding and of the output head.
         embedding_dim: E, the input size of the first recurrent layer.
@@ -74,4 +76,57 @@ class ModelConfig:
             total += V * out
         if self.head_bias:
             total += V
+        return total
+
+
+@dataclass(frozen=True)
+class ForecasterConfig:
+    """The architecture of a float-input model, `recurrent stack -> Linear`, for time series.
+
+    Attributes:
+        rnn_type: "LSTM", "GRU", "GRU_RESET_BEFORE", "RNN_TANH" or "RNN_RELU".
+        num_layers: number of stacked recurrent layers.
+        input_size: F, the features of each time step (layer 0's input size).
+        hidden_size: H, the size of the cell state (and of h without projection).
+        output_size: the head's outputs per time step; forecasting feeds them back as the
+            next input, so it needs output_size == input_size.
+        proj_size: P, LSTM output projection size; 0 means no projection.
+        bias: whether the recurrent layers have bias_ih/bias_hh.
+        head_bias: whether the head has a bias.
+    """
+
+    rnn_type: str
+    num_layers: int
+    input_size: int
+    hidden_size: int
+    output_size: int
+    proj_size: int = 0
+    bias: bool = True
+    head_bias: bool = True
+
+    @property
+    def gates(self) -> int:
+        """Number of gate blocks stacked in weight_ih/weight_hh (LSTM 4, GRU 3, RNN 1)."""
+        return GATES[self.rnn_type]
+
+    @property
+    def state_size(self) -> int:
+        """Size of h, the output of each recurrent layer: proj_size if set, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of parameters (recurrent biases counted as PyTorch holds them, two sets)."""
+        H, P, G, out = self.hidden_size, self.proj_size, self.gates, self.state_size
+        total = 0
+        for layer in range(self.num_layers):
+            in_size = self.input_size if layer == 0 else out
+            total += G * H * (in_size + out)
+            if self.bias:
+                total += 2 * G * H
+            if P:
+                total += P * H
+        total += self.output_size * out
+        if self.head_bias:
+            total += self.output_size
         return total

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 
-from fastlstm import _generate, _matmul, _rnn
+from fastlstm import _forecast, _generate, _matmul, _rnn
 
 __all__ = ["PATHS", "available", "kernel_path", "vector_kernels"]
 
 PATHS = ("portable", "avx2", "avx512")  # in order: enum fl_isa's values
-_MODULES = (_matmul, _rnn, _generate)  # each compiled module holds its own copy of the path
+_MODULES = (_matmul, _rnn, _generate, _forecast)  # each holds its own copy of the path
 
 
 def available() -> tuple[str, ...]:

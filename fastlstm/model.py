@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,7 +14,10 @@ from fastlstm.pack import input_table, pack_layers, pack_matrix
 from fastlstm.precision import DTYPES, check_dtype, convert
 from fastlstm.sampling import GenerationParams
 from fastlstm.threads import resolve_num_threads
-from fastlstm.weights import ModelWeights, read_model_file
+from fastlstm.weights import ForecasterWeights, ModelWeights, read_model_file
+
+if TYPE_CHECKING:
+    from fastlstm.forecaster import Forecaster
 
 # State in PyTorch's layout: LSTM (h, c), GRU/RNN h; h (num_layers, batch, out), c (..., hidden).
 State = "np.ndarray | tuple[np.ndarray, np.ndarray]"
@@ -23,13 +27,19 @@ BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "data", "shakespeare_cha
 
 
 def load(path: str | os.PathLike | None = None, *, dtype: str | None = None,
-         rnn_type: str | None = None, num_threads: int | None = None) -> Model:
-    """Load a model from a safetensors file (no path: the bundled Shakespeare char-LSTM).
+         rnn_type: str | None = None, num_threads: int | None = None) -> Model | Forecaster:
+    """Load a model from a file (no path: the bundled Shakespeare char-LSTM).
+
+    A language model (token ids in) loads as a `Model`; a forecaster (float inputs, a linear
+    head) as a `fastlstm.Forecaster`.
 
     Args:
-        path: a fastlstm file (from `fastlstm.export` or `fastlstm train`), or a PyTorch
-            state_dict saved with `safetensors.torch.save_file` / `save_model`, whatever its
-            module prefixes.  None loads the model that ships with fastlstm.
+        path: a fastlstm file (from `fastlstm.export`, `fastlstm.convert` or `fastlstm
+            train`); a PyTorch state_dict saved with `safetensors.torch.save_file` /
+            `save_model`, whatever its module prefixes; or a Keras model, `model.keras`
+            (Keras 3) or `model.h5` (legacy HDF5, tf.keras 2.x), read without Keras (needs
+            h5py: the keras extra; see fastlstm.keras_reader for the supported layers).
+            None loads the model that ships with fastlstm.
         dtype: the precision the weights are held in: "float32", "float16", "bfloat16" or
             "int8" (per-output-row scales).  Fewer bytes per weight make batch-1 generation
             faster; float16/bfloat16 multiply in float32, int8 in integers (inputs rounded
@@ -50,6 +60,10 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | None = None,
     weights, metadata, stored_dtype = read_model_file(path, rnn_type)
     if dtype is None:
         dtype = stored_dtype if stored_dtype in DTYPES else "float32"
+    if isinstance(weights, ForecasterWeights):
+        from fastlstm.forecaster import Forecaster
+
+        return Forecaster(weights, num_threads=num_threads, dtype=dtype, path=os.fspath(path))
     tokenizer = None
     if "tokenizer" in metadata:
         from fastlstm.tokenizers import tokenizer_from_json

@@ -75,6 +75,9 @@ class PackedLayer:
     w_ih_panels: PackedMatrix  # (gates*hidden, in_size)
     w_hh_panels: PackedMatrix  # (gates*hidden, out_size)
     w_hr_panels: PackedMatrix | None  # (proj_size, hidden) LSTM projection
+    # GRU_RESET_BEFORE: W_hh's n rows, multiplied by r * h once r is known; w_hh_panels then
+    # holds the r and z rows only (2*hidden, out_size).  None for every other cell.
+    w_hn_panels: PackedMatrix | None = None  # (hidden, out_size)
     # Row-major float32 copies for BLAS in forward(), kept only for float32 models on CPUs
     # without fastlstm's vector kernels (pack_layer's row_major).
     w_ih: np.ndarray | None = None  # (gates*hidden, in_size)
@@ -85,7 +88,7 @@ class PackedLayer:
     def arrays(self) -> list[np.ndarray]:
         """Every array this layer holds (for Model.nbytes)."""
         out = [self.bias_x, self.bias_hn, self.w_ih, self.w_hh, self.w_hr]
-        for m in (self.w_ih_panels, self.w_hh_panels, self.w_hr_panels):
+        for m in (self.w_ih_panels, self.w_hh_panels, self.w_hr_panels, self.w_hn_panels):
             if m is not None:
                 out += [m.panels, m.scale]
         return [a for a in out if a is not None]
@@ -109,6 +112,16 @@ def pack_layer(rnn_type: str, hidden: int, layer: LayerWeights, dtype: str = "fl
 
     def packed(w, name):
         return None if w is None else pack_matrix(convert(w, dtype, f"{name}_l{index}"))
+
+    if rnn_type == "GRU_RESET_BEFORE":
+        # n = tanh(W_in x + b_in + W_hn (r * h) + b_hn): every bias joins the input side, and
+        # W_hh splits in two products, the second after r (always on the panels: no BLAS copies).
+        # Each row is rounded on its own (int8: its own scale), so splitting changes no value.
+        return PackedLayer(hidden_size=hidden, bias_x=_c_float32(bias_x), bias_hn=None,
+                           w_ih_panels=packed(layer.weight_ih, "weight_ih"),
+                           w_hh_panels=packed(layer.weight_hh[:2 * hidden], "weight_hh"),
+                           w_hr_panels=None,
+                           w_hn_panels=packed(layer.weight_hh[2 * hidden:], "weight_hh"))
 
     copies = {}
     if row_major and dtype == "float32":

@@ -12,6 +12,9 @@ so PyTorch's word_language_model checkpoints (`encoder.`, `rnn.`, `decoder.`) lo
 and so do files written by `safetensors.torch.save_model`, which drops one name of a tied pair
 and records `{dropped: kept}` in the metadata.  Anything that does not fit exactly one such
 model is a ValueError that says what is wrong.
+
+A forecaster (metadata `kind` "forecaster": float inputs, no embedding) holds the recurrent
+stack and one (output_size, H_out) head with its optional (output_size,) bias.
 """
 
 from __future__ import annotations
@@ -24,12 +27,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fastlstm.config import GATES, ModelConfig, check_rnn_type
+from fastlstm.config import GATES, ForecasterConfig, ModelConfig, check_rnn_type
 from fastlstm.tokenizers import json_structure, loads_untrusted_json
 
 # Metadata keys fastlstm writes; every other metadata entry may be a save_model alias.
-METADATA_KEYS = ("format", "format_version", "rnn_type", "tokenizer")
+METADATA_KEYS = ("format", "format_version", "rnn_type", "tokenizer", "kind", "input_size",
+                 "output_size")
+# Version 1: language models of PyTorch's cells, which every fastlstm reads.  Version 2 adds
+# forecasters (kind "forecaster") and the GRU_RESET_BEFORE cell; fastlstm writes it only for
+# those, so a fastlstm that predates them says "upgrade" instead of misreading the file.
 FORMAT_VERSION = "1"
+FORMAT_VERSIONS = ("1", "2")
+KINDS = ("language_model", "forecaster")
+
+
+def format_version(kind: str, rnn_type: str) -> str:
+    """The oldest format version that holds a model of this kind and cell."""
+    return "2" if kind == "forecaster" or rnn_type == "GRU_RESET_BEFORE" else FORMAT_VERSION
 
 _DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": None,
            "I8": np.dtype("i1")}
@@ -99,6 +113,17 @@ class ModelWeights:
     recurrent: RecurrentWeights
     head_weight: np.ndarray  # (vocab, output_size)
     head_bias: np.ndarray | None  # (vocab,)
+    names: dict[str, str] = field(default_factory=dict)  # role -> tensor name in the file
+
+
+@dataclass
+class ForecasterWeights:
+    """A float-input model: recurrent stack and linear head, and the names they came from."""
+
+    config: ForecasterConfig
+    recurrent: RecurrentWeights
+    head_weight: np.ndarray  # (output_size, out)
+    head_bias: np.ndarray | None  # (output_size,)
     names: dict[str, str] = field(default_factory=dict)  # role -> tensor name in the file
 
 
@@ -397,20 +422,8 @@ def find_roles(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None =
     `Embedding -> LSTM/GRU/RNN -> Linear` model.
     """
     metadata = dict(metadata or {})
-    stored_type = metadata.get("rnn_type")
-    if stored_type is not None:
-        stored_type = check_rnn_type(stored_type)
-        if rnn_type is not None and check_rnn_type(rnn_type) != stored_type:
-            raise ValueError(f"rnn_type={rnn_type!r} contradicts the file's metadata "
-                             f"rnn_type={stored_type!r}")
-    rnn_type = rnn_type or stored_type
-    for name, array in tensors.items():
-        if array.size == 0:
-            raise ValueError(f"tensor {name!r} is empty (shape {array.shape}); every tensor of "
-                             "a model holds at least one value")
-        if max(array.shape, default=1) > MAX_DIM:
-            raise ValueError(f"tensor {name!r} has shape {array.shape}: fastlstm's kernels "
-                             f"take at most {MAX_DIM:,} rows or columns")
+    rnn_type = _resolve_rnn_type(metadata, rnn_type)
+    _check_sizes(tensors)
     # save_model's {dropped: kept}: only a stored tensor can be kept (no chains), and only
     # the embedding/head pair is ever shared.  A recurrent weight standing for another would
     # let a few bytes of metadata repeat one layer thousands of times at load.
@@ -439,9 +452,14 @@ def find_roles(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None =
     E, out = recurrent.input_size, recurrent.output_size
     if len(matrices) != 2:
         found = ", ".join(f"{n!r} {a.shape}" for n, a in matrices.items()) or "none"
+        hint = ""
+        if len(matrices) == 1:
+            hint = (" (missing embedding or head; a forecaster, with float inputs and no "
+                    "embedding, is written by fastlstm.export(..., input_size=...))")
+        elif not matrices:
+            hint = " (missing embedding or head)"
         raise ValueError(f"expected two matrices besides the recurrent layers, an embedding "
-                         f"(vocab, {E}) and a head (vocab, {out}); found {found}"
-                         + (" (missing embedding or head)" if len(matrices) < 2 else ""))
+                         f"(vocab, {E}) and a head (vocab, {out}); found {found}" + hint)
     (name_a, a), (name_b, b) = matrices.items()
     options = [(e, h) for e, h in ((name_a, name_b), (name_b, name_a))
                if matrices[e].shape[1] == E and matrices[h].shape[1] == out
@@ -494,6 +512,8 @@ def _check_magnitudes(embedding, recurrent: RecurrentWeights, head_weight, head_
     it by its row sums).  Beyond MAX_ACTIVATION the sums overflow to inf and NaN, which a
     finite but corrupted weight (one flipped exponent bit makes 0.3 into 1e38) would cause.
     A ReLU RNN's state has no bound over time, as in PyTorch, so only its first step is checked.
+    `embedding` None (a forecaster): layer 0's inputs are taken as |x| <= 1, the scale
+    forecasting inputs are normalised to (larger data scales the sums, not the weights' fault).
     """
     def row_sum(w) -> float:
         return float(np.abs(w).sum(axis=1, dtype=np.float64).max())
@@ -508,7 +528,7 @@ def _check_magnitudes(embedding, recurrent: RecurrentWeights, head_weight, head_
                              "(a corrupted file?)")
 
     relu = recurrent.rnn_type == "RNN_RELU"
-    x = largest(embedding)  # what layer 0 reads
+    x = 1.0 if embedding is None else largest(embedding)  # what layer 0 reads
     for k, layer in enumerate(recurrent.layers):
         h = 0.0 if relu else 1.0  # the recurrent input: |h| before any projection
         if layer.weight_hr is not None:
@@ -519,7 +539,89 @@ def _check_magnitudes(embedding, recurrent: RecurrentWeights, head_weight, head_
         if relu:
             return
         x = h
-    check(row_sum(head_weight) * x + largest(head_bias), f"a logit ({head_name!r})")
+    check(row_sum(head_weight) * x + largest(head_bias),
+          f"{'a logit' if embedding is not None else 'an output of the head'} ({head_name!r})")
+
+
+def _resolve_rnn_type(metadata: dict[str, str], rnn_type: str | None) -> str | None:
+    """The rnn_type argument and the metadata's, which must agree (None: shapes decide)."""
+    stored_type = metadata.get("rnn_type")
+    if stored_type is not None:
+        stored_type = check_rnn_type(stored_type)
+        if rnn_type is not None and check_rnn_type(rnn_type) != stored_type:
+            raise ValueError(f"rnn_type={rnn_type!r} contradicts the file's metadata "
+                             f"rnn_type={stored_type!r}")
+    return rnn_type or stored_type
+
+
+def _check_sizes(tensors: dict[str, np.ndarray]) -> None:
+    for name, array in tensors.items():
+        if array.size == 0:
+            raise ValueError(f"tensor {name!r} is empty (shape {array.shape}); every tensor of "
+                             "a model holds at least one value")
+        if max(array.shape, default=1) > MAX_DIM:
+            raise ValueError(f"tensor {name!r} has shape {array.shape}: fastlstm's kernels "
+                             f"take at most {MAX_DIM:,} rows or columns")
+
+
+def find_forecaster_roles(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None,
+                          rnn_type: str | None = None) -> ForecasterWeights:
+    """Identify the recurrent layers and the linear head of a float-input model.
+
+    Exactly one matrix besides the recurrent layers, the head (output_size, H_out), and at
+    most one vector, its bias (output_size,), named like the head with "bias" for "weight".
+    The metadata's `input_size` and `output_size`, when present, must agree with the shapes.
+    Raises ValueError for anything else.
+    """
+    metadata = dict(metadata or {})
+    rnn_type = _resolve_rnn_type(metadata, rnn_type)
+    _check_sizes(tensors)
+    prefix = _recurrent_prefix(tensors)
+    recurrent = find_recurrent_layers(tensors, rnn_type, prefix)
+    rest = {n: a for n, a in tensors.items()
+            if not (m := _RECURRENT_KEY.match(n)) or m["prefix"] != prefix}
+    matrices = {n: a for n, a in rest.items() if a.ndim == 2}
+    vectors = {n: a for n, a in rest.items() if a.ndim == 1}
+    for name in rest.keys() - matrices.keys() - vectors.keys():
+        raise ValueError(f"unexpected tensor {name!r} with shape {rest[name].shape}: a "
+                         "forecaster is LSTM/GRU/RNN -> Linear")
+    out = recurrent.output_size
+    if len(matrices) != 1:
+        found = ", ".join(f"{n!r} {a.shape}" for n, a in matrices.items()) or "none"
+        raise ValueError(f"a forecaster has one matrix besides the recurrent layers, its head "
+                         f"(outputs, {out}); found {found}")
+    ((head_name, head_weight),) = matrices.items()
+    if head_weight.shape[1] != out:
+        raise ValueError(f"shape mismatch: the head {head_name!r} is {head_weight.shape}; "
+                         f"expected (outputs, {out}) (the recurrent layers' output size)")
+    outputs = head_weight.shape[0]
+    expected_bias = head_name[: -len("weight")] + "bias" if head_name.endswith("weight") else None
+    head_bias, bias_name = None, None
+    for name, vector in vectors.items():
+        if name != expected_bias:
+            raise ValueError(f"unexpected tensor {name!r} with shape {vector.shape}: the only "
+                             f"1-D tensor a forecaster may have besides the recurrent biases "
+                             f"is the head bias {expected_bias!r}")
+        if vector.shape != (outputs,):
+            raise ValueError(f"shape mismatch: head bias {name!r} is {vector.shape}, expected "
+                             f"({outputs},)")
+        head_bias, bias_name = vector, name
+    for key, actual in (("input_size", recurrent.input_size), ("output_size", outputs)):
+        if key in metadata and metadata[key] != str(actual):
+            raise ValueError(f"the metadata's {key} {metadata[key]!r} does not match the "
+                             f"weights, which have {actual}")
+    for name, array in tensors.items():
+        if not np.isfinite(array).all():
+            raise ValueError(f"tensor {name!r} contains NaN or Inf")
+    _check_magnitudes(None, recurrent, head_weight, head_bias, prefix, head_name)
+    config = ForecasterConfig(rnn_type=recurrent.rnn_type, num_layers=len(recurrent.layers),
+                              input_size=recurrent.input_size, hidden_size=recurrent.hidden_size,
+                              output_size=outputs, proj_size=recurrent.proj_size,
+                              bias=recurrent.bias, head_bias=head_bias is not None)
+    names = {"recurrent": prefix, "head_weight": head_name}
+    if bias_name:
+        names["head_bias"] = bias_name
+    return ForecasterWeights(config, recurrent, head_weight, head_bias, names)
 
 
 def _break_tie(options, matrices, vectors):
@@ -539,19 +641,41 @@ def _break_tie(options, matrices, vectors):
                      "and neither has a bias or a telling name")
 
 
-def read_model_file(path, rnn_type: str | None = None) -> tuple[ModelWeights, dict[str, str], str]:
-    """Read and check a model file: returns (weights, metadata, dtype)."""
-    tensors, metadata, dtype = read_safetensors(path)
+def read_model_file(path, rnn_type: str | None = None
+                    ) -> tuple[ModelWeights | ForecasterWeights, dict[str, str], str]:
+    """Read and check a model file: returns (weights, metadata, dtype).  Keras files
+    (`.keras`, legacy `.h5`) are read by fastlstm.keras_reader, safetensors files here."""
+    from fastlstm.keras_reader import keras_file_kind, read_keras
+
+    if keras_file_kind(path) is not None:
+        tensors, metadata, dtype = read_keras(path)
+    else:
+        tensors, metadata, dtype = read_safetensors(path)
     return check_model_tensors(path, tensors, metadata, rnn_type), metadata, dtype
 
 
+def model_kind(metadata: dict[str, str]) -> str:
+    """"forecaster" or "language_model" (the default: files before forecasters had no kind)."""
+    kind = metadata.get("kind", "language_model")
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r} in the metadata: expected one of "
+                         f"{', '.join(KINDS)}")
+    return kind
+
+
 def check_model_tensors(path, tensors: dict[str, np.ndarray], metadata: dict[str, str],
-                        rnn_type: str | None = None) -> ModelWeights:
+                        rnn_type: str | None = None) -> ModelWeights | ForecasterWeights:
     """The checks and roles of read_model_file, on tensors read by read_safetensors(path)."""
     try:
-        if metadata.get("format") == "fastlstm" and metadata.get("format_version") != FORMAT_VERSION:
+        if (metadata.get("format") == "fastlstm"
+                and metadata.get("format_version") not in FORMAT_VERSIONS):
             raise ValueError(f"format_version {metadata.get('format_version')!r} is not one this "
-                             f"fastlstm reads ({FORMAT_VERSION!r}); upgrade fastlstm")
+                             f"fastlstm reads ({', '.join(map(repr, FORMAT_VERSIONS))}); "
+                             "upgrade fastlstm")
+        if model_kind(metadata) == "forecaster":
+            if "tokenizer" in metadata:
+                raise ValueError("a forecaster has float inputs: it takes no tokenizer")
+            return find_forecaster_roles(tensors, metadata, rnn_type)
         weights = find_roles(tensors, metadata, rnn_type)
         if "tokenizer" in metadata:
             _check_tokenizer_size(metadata["tokenizer"], weights.config.vocab_size)

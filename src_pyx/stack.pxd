@@ -8,6 +8,7 @@ from libc.string cimport memcpy
 from blas cimport matmul_wt
 from matmul cimport FL_I8, fl_gather_rows, fl_matmul_part, fl_matrix, fl_packed_size
 from cells cimport gru_step, lstm_step, rnn_step
+from gru_reset_before cimport gru_rb_reset, gru_rb_update
 
 import numpy as np
 
@@ -17,6 +18,7 @@ cdef enum Cell:
     CELL_GRU = 1
     CELL_RNN_TANH = 2
     CELL_RNN_RELU = 3
+    CELL_GRU_RESET_BEFORE = 4  # Keras's GRU(reset_after=False): gru_reset_before.h
 
 
 cdef struct Layer:
@@ -30,6 +32,9 @@ cdef struct Layer:
     const float *w_hr
     const float *bias_x    # (gates*hidden,)  b_ih + b_hh (GRU: without b_hh's n part)
     const float *bias_hn   # (hidden,)  GRU only: b_hh's n part; NULL otherwise
+    # GRU_RESET_BEFORE only: W_hh's n rows, multiplied by r * h_prev once r is known (w_hh_p
+    # then holds the r and z rows alone); .panels NULL for every other cell.
+    fl_matrix w_hn_p       # (hidden, out_size)
     int in_size
     int hidden
     int out_size
@@ -167,13 +172,13 @@ cdef inline void gather_rows(const Rows *t, const int64_t *ids, int count, float
 
 cdef inline int cell_code(str rnn_type) except -1:
     return {"LSTM": CELL_LSTM, "GRU": CELL_GRU, "RNN_TANH": CELL_RNN_TANH,
-            "RNN_RELU": CELL_RNN_RELU}[rnn_type]
+            "RNN_RELU": CELL_RNN_RELU, "GRU_RESET_BEFORE": CELL_GRU_RESET_BEFORE}[rnn_type]
 
 
 cdef inline int gates_of(int cell) noexcept nogil:
     if cell == CELL_LSTM:
         return 4
-    if cell == CELL_GRU:
+    if cell == CELL_GRU or cell == CELL_GRU_RESET_BEFORE:
         return 3
     return 1
 
@@ -258,6 +263,7 @@ cdef inline Layer *layers_from_packed(list packed) except NULL:
             fill_matrix(&layers[i].w_ih_p, layer.w_ih_panels, "w_ih")
             fill_matrix(&layers[i].w_hh_p, layer.w_hh_panels, "w_hh")
             fill_matrix(&layers[i].w_hr_p, layer.w_hr_panels, "w_hr", True)
+            fill_matrix(&layers[i].w_hn_p, getattr(layer, "w_hn_panels", None), "w_hn", True)
             layers[i].w_ih = float_ptr(layer.w_ih, "w_ih", True)
             layers[i].w_hh = float_ptr(layer.w_hh, "w_hh", True)
             layers[i].w_hr = float_ptr(layer.w_hr, "w_hr", True)
@@ -270,6 +276,24 @@ cdef inline Layer *layers_from_packed(list packed) except NULL:
         free(layers)
         raise
     return layers
+
+
+cdef inline void gru_reset_before_step(const Layer *L, int rows, const float *xw,
+                                       const float *h_prev, float *h_new, float *hw,
+                                       float *rh, const Team *team) noexcept nogil:
+    """layer_step for CELL_GRU_RESET_BEFORE, always on the panels (no row-major copies):
+    hw's r, z columns := h_prev . W_hh[r, z]^T; rh := r * h_prev; hw's n columns :=
+    rh . W_hn^T; then the update.  rh: (rows, hidden) scratch (layer_step's hfull)."""
+    cdef int j0, j1, width = 3 * L.hidden
+    team_matmul(team, rows, &L.w_hh_p, h_prev, L.out_size, NULL, hw, width)
+    sync(team)
+    team_units(team, L.hidden, &j0, &j1)
+    gru_rb_reset(rows, L.hidden, j0, j1, xw, hw, h_prev, rh)
+    sync(team)
+    team_matmul(team, rows, &L.w_hn_p, rh, L.hidden, NULL, hw + 2 * L.hidden, width)
+    sync(team)
+    gru_rb_update(rows, L.hidden, j0, j1, xw, hw, h_prev, h_new)
+    sync(team)
 
 
 cdef inline void layer_step(int cell, const Layer *L, int rows, const float *xw,
@@ -285,6 +309,9 @@ cdef inline void layer_step(int cell, const Layer *L, int rows, const float *xw,
     the cell update by units; xw must be complete at the first sync, h_new is at return.
     """
     cdef int G = gates_of(cell), j0, j1
+    if cell == CELL_GRU_RESET_BEFORE:
+        gru_reset_before_step(L, rows, xw, h_prev, h_new, hw, hfull, team)
+        return
     # hw := h_prev . W_hh^T
     if panels or team.size > 1:
         team_matmul(team, rows, &L.w_hh_p, h_prev, L.out_size, NULL, hw, G * L.hidden)

@@ -1,4 +1,5 @@
-"""`import fastlstm` must not import torch (torch is only for export and training)."""
+"""`import fastlstm` must not import torch (torch is only for export and training), nor Keras,
+TensorFlow or h5py (h5py is imported only to read a Keras file)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,13 @@ import fastlstm
 heavy = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
 assert not heavy, f"import fastlstm imported {heavy[:5]}"
 assert "safetensors.torch" not in sys.modules, "import fastlstm imported safetensors.torch"
-for name in ("load", "Model", "ModelConfig", "LSTM", "GRU", "RNN", "export"):
+for name in ("keras", "h5py", "tensorflow"):
+    assert name not in sys.modules, f"import fastlstm imported {name}"
+for name in ("load", "Model", "ModelConfig", "LSTM", "GRU", "RNN", "export", "convert",
+             "Forecaster", "ForecasterConfig"):
     assert hasattr(fastlstm, name), name
+fastlstm.load().forward([1, 2, 3])  # a safetensors file: h5py stays out too
+assert "h5py" not in sys.modules, "loading a safetensors file imported h5py"
 print("ok")
 """
 
