@@ -144,6 +144,13 @@ def _git_commit() -> str:
         return "?"
 
 
+def _kernel_path() -> tuple[str, list[str]]:
+    """The kernel path fastlstm runs on, and every path this CPU can run."""
+    from fastlstm import isa
+
+    return isa.kernel_path(), list(isa.available())
+
+
 def _blas() -> list[str]:
     try:
         from threadpoolctl import threadpool_info
@@ -178,6 +185,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "onnxruntime": _version("onnxruntime"),
         "onnx": _version("onnx"),
         "fastlstm": _version("fastlstm"),
+        "kernel_path": _kernel_path()[0],
+        "kernel_paths": _kernel_path()[1],
         "fastlstm_commit": _COMMIT_AT_START or _git_commit(),
         "fastlstm_commit_at_end": _git_commit(),
         "blas": _blas(),

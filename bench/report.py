@@ -40,6 +40,9 @@ PRECISION_TARGETS = {"fastlstm_fp16": 1.7, "fastlstm_bf16": 1.7, "fastlstm_int8"
 PRECISION_TARGET_CONFIGS = ("char_lstm_2x512", "word_lstm_2x650")
 BYTES = {"fastlstm_fp16": 2, "fastlstm_bf16": 2, "fastlstm_int8": 1}  # per weight
 TARGET_CONFIGS = ("char_lstm_2x512", "char_gru_2x512", "word_lstm_2x650")
+# Issue 12 targets (both cores, AVX-512 VNNI): batch-1 decode and prefill, two threads vs one.
+TWO_THREAD_TARGETS = {"char_lstm_2x512": 1.7, "char_gru_2x512": 1.7, "word_lstm_2x650": 1.8}
+INT8_TARGET_CONFIGS = ("char_lstm_2x512", "word_lstm_2x650")
 MODES = [("decode", 1), ("decode", 64), ("prefill", 1)]
 
 
@@ -123,6 +126,9 @@ def machine_lines(machine: dict, date: str, stat: str) -> list[str]:
            "when it ended" if bench.get("fastlstm_commit_at_end", bench.get("fastlstm_commit"))
            != bench.get("fastlstm_commit") else "") + ")",
     ]
+    if bench.get("kernel_path"):
+        lines.append(f"- fastlstm kernel path: {bench['kernel_path']} (this CPU runs "
+                     f"{', '.join(bench.get('kernel_paths', []))}; src_pyx/isa.h)")
     if bench.get("blas"):
         lines.append(f"- BLAS: {'; '.join(bench['blas'])}")
     load = bench.get("load_average_at_end")
@@ -196,20 +202,21 @@ def precision_table(speed, config, noisy=frozenset()) -> list[str]:
     return lines + [""]
 
 
-def scaling_table(speed) -> list[str]:
+def scaling_table(speed, mode: str, batch: int) -> list[str]:
+    """Two threads vs one, per runtime, for (mode, batch)."""
     runtimes = [r for r in RUNTIMES if r != "floor_read"
-                and any(r in row for k, row in speed.items() if (k.mode, k.batch) == ("decode", 64))]
+                and any(r in row for k, row in speed.items() if (k.mode, k.batch) == (mode, batch))]
     lines = ["| config | " + " | ".join(RUNTIMES[r] for r in runtimes) + " |",
              "|---|" + "---:|" * len(runtimes)]
     for config in configs_in(speed):
-        one = speed.get(Key(config, "decode", 64, 1), {})
-        two = speed.get(Key(config, "decode", 64, 2), {})
+        one = speed.get(Key(config, mode, batch, 1), {})
+        two = speed.get(Key(config, mode, batch, 2), {})
         if not one or not two:
             continue
         cells = [fmt(ratio(two.get(r), one.get(r)), True) for r in runtimes]
         lines.append(f"| {config} | " + " | ".join(cells) + " |")
     if len(lines) == 2:
-        return ["Not measured (needs decode at batch 64 with one and two threads).", ""]
+        return [f"Not measured (needs {mode} at batch {batch} with one and two threads).", ""]
     return lines + [""]
 
 
@@ -290,6 +297,36 @@ def targets(speed, startup) -> list[tuple[str, str, float | None, float, str]]:
                          f"{b1[runtime] / b1['onnxruntime_int8']:.2f}x")
             add(f"batch-1 decode, {RUNTIMES[runtime]} vs fastlstm float32", config,
                 ratio(b1.get(runtime), fast), required, note=note)
+    for config, required in TWO_THREAD_TARGETS.items():
+        b1 = {t: speed.get(Key(config, "decode", 1, t), {}) for t in (1, 2)}
+        pre = {t: speed.get(Key(config, "prefill", 1, t), {}) for t in (1, 2)}
+        add("batch-1 decode, two threads vs one", config,
+            ratio(b1[2].get("fastlstm"), b1[1].get("fastlstm")), required)
+        add("batch-1 decode vs ONNX Runtime, both on two threads", config,
+            ratio(b1[2].get("fastlstm"), b1[2].get("onnxruntime")), 1.3)
+        add("prefill 1,000 tokens, two threads vs one", config,
+            ratio(pre[2].get("fastlstm"), pre[1].get("fastlstm")), 1.7)
+        for t in (1, 2):
+            add(f"prefill 1,000 tokens vs ONNX Runtime, both on {t} thread{'s' if t > 1 else ''}",
+                config, ratio(pre[t].get("fastlstm"), pre[t].get("onnxruntime")), 1.2)
+    for config in INT8_TARGET_CONFIGS:
+        b64 = speed.get(Key(config, "decode", 64, 1), {})
+        b1 = speed.get(Key(config, "decode", 1, 1), {})
+        int8 = b64.get("fastlstm_int8")
+        add("batch-64 decode, fastlstm int8 vs ONNX Runtime int8", config,
+            ratio(int8, b64.get("onnxruntime_int8")), 1.2)
+        add("batch-64 decode, fastlstm int8 vs fastlstm float32", config,
+            ratio(int8, b64.get("fastlstm")), 3.0)
+        for t in (1, 2):
+            pre = speed.get(Key(config, "prefill", 1, t), {})
+            add(f"prefill 1,000 tokens, fastlstm int8 vs ONNX Runtime int8, {t} "
+                f"thread{'s' if t > 1 else ''}", config,
+                ratio(pre.get("fastlstm_int8"), pre.get("onnxruntime_int8")), 1.2)
+        floor = b1.get("floor_read")
+        # one read of 1-byte weights: the float32 floor x 4 (as for the precision targets)
+        add("batch-1 decode, fastlstm int8 vs reading 1-byte weights once per token", config,
+            ratio(b1.get("fastlstm_int8"), floor * 4 if floor else None), 0.8,
+            note=f"1-byte floor ~{fmt(floor * 4)} tokens/s" if floor else "")
     imp = startup.get("import")
     add("`import fastlstm` (s)", "", imp["seconds"] if imp else None, 0.3, "<=")
     first = startup.get("load_first_token")
@@ -402,8 +439,12 @@ def markdown(speed, startup, machine, date, stat) -> str:
             lines += ["No measurement overlapped other processes using "
                       f"{NOISY_CORES:g} of a core or more.", ""]
         lines += speed_tables(speed, noisy)
-        lines += ["## Two threads vs one, decode at batch 64 (tokens/s ratio)", ""]
-        lines += scaling_table(speed)
+        for mode, batch, what in [("decode", 1, "decode at batch 1 (the threads share one "
+                                   "sequence's products)"),
+                                  ("prefill", 1, "prefill of one prompt (shared the same way)"),
+                                  ("decode", 64, "decode at batch 64 (each thread takes whole rows)")]:
+            lines += [f"## Two threads vs one, {what} (tokens/s ratio)", ""]
+            lines += scaling_table(speed, mode, batch)
     if forecast:
         lines += ["## Forecasting (time steps per second)", "",
                   "A round runs a history of 256 steps and then forecasts 64 steps, feeding each "

@@ -22,9 +22,9 @@ from matmul cimport fl_matrix
 from sampler cimport Candidate, SamplingParams, coin, sample_token
 from stack cimport (Layer, Rows, Team, cell_code, fill_layer0_input, fill_matrix, float_ptr,
                     gates_of, gather_rows, input_projection, layer_step, layers_from_packed,
-                    sync, sync_after_solo, team_matmul, team_of, team_solo_over, team_take_waits,
-                    team_wants_solo, fl_get_team_solo_until, fl_team, fl_team_free,
-                    fl_team_new, fl_now_ns)
+                    sync, sync_after_solo, team_end, team_matmul, team_of, team_solo_over,
+                    team_solo_now, team_take_waits, team_wants_solo, fl_get_team_solo_until,
+                    fl_team, fl_team_free, fl_team_new, fl_now_ns)
 
 import numpy as np
 
@@ -293,6 +293,8 @@ cdef int decode_slots(Run *run, int begin, int *n_active, int steps, int *cancel
             continue
         status = decode_step(run, begin, n_active, s, team)
         done += 1
+    if team.tid == 0:
+        team_end(team)
     if status == NAN_LOGITS:
         cancel[0] = 1  # the call fails: the other threads need not finish their rows
     return status
@@ -374,7 +376,7 @@ def decode(str rnn_type, list layers, *, emb, table, head, int vocab, head_b,
         raise ValueError("a team of threads shares one range of slots")
     run.layers = layers_from_packed(layers)
     try:
-        if team_size > 1:
+        if team_size > 1 and not team_solo_now():
             decode_team(&run, &active_v[0], steps, &cancel, watch_signals, team_size, &status[0])
         else:
             with nogil:

@@ -26,9 +26,9 @@ from blas cimport matmul_wt
 from matmul cimport fl_matrix
 from stack cimport (Layer, Rows, Team, cell_code, fill_layer0_input, fill_matrix, float_ptr,
                     gates_of, gather_rows, input_projection, layer_step, layers_from_packed,
-                    sync, sync_after_solo, team_matmul, team_of, team_solo_over, team_take_waits,
-                    team_wants_solo, fl_get_team_solo_until, fl_team, fl_team_free,
-                    fl_team_new)
+                    sync, sync_after_solo, team_end, team_matmul, team_of, team_solo_over,
+                    team_solo_now, team_take_waits, team_wants_solo, fl_get_team_solo_until,
+                    fl_team, fl_team_free, fl_team_new)
 
 cimport openmp
 
@@ -274,6 +274,8 @@ cdef void run_member(const Job *jobs, int n_jobs, Scratch *s, fl_team *shared) n
     cdef int j
     for j in range(n_jobs):
         run_rows(&jobs[j], 0, jobs[j].batch, s, &team)
+    if team.tid == 0:
+        team_end(&team)
 
 
 cdef int run_team(const Job *jobs, int n_jobs, int team_size) noexcept nogil:
@@ -362,7 +364,7 @@ def forward(str rnn_type, list layers, *, h, c=None, x=None, ids=None, emb=None,
         per = job.batch // nthreads
         extra = job.batch % nthreads
         with nogil:
-            if job.batch < num_threads:  # fewer rows than threads: all threads share each row
+            if job.batch < num_threads and not team_solo_now():  # all threads share each row
                 failed = run_team(&job, 1, num_threads)
             else:
                 for tid in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
@@ -424,7 +426,7 @@ def prefill(str rnn_type, list layers, *, ids, offsets, h, c=None, emb=None, tab
             jobs[p].h = h_all + <size_t> p * h_stride
             jobs[p].c = c_all + <size_t> p * c_stride if c_all != NULL else NULL
         with nogil:
-            if n_prompts < num_threads:  # fewer prompts than threads: all threads share each
+            if n_prompts < num_threads and not team_solo_now():  # all threads share each
                 status[0] = run_team(jobs, n_prompts, num_threads)
             else:
                 for p in prange(n_prompts, num_threads=num_threads, schedule="dynamic"):

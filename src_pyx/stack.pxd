@@ -51,6 +51,8 @@ cdef extern from "team.h" nogil:
     long long fl_now_ns()
     long long fl_get_team_solo_until()
     void fl_set_team_solo_until(long long t)
+    int fl_get_team_lagging()
+    void fl_set_team_lagging(int windows)
 
 
 cdef struct Team:
@@ -59,11 +61,10 @@ cdef struct Team:
     int tid
     int size
     fl_team *shared        # the team's barrier and wait counters (team.h); NULL for one
-    # Thread 0 only: when its window of measure began, until when it works alone
-    # (CLOCK_MONOTONIC ns), and how many windows in a row the team lagged (team_wants_solo).
+    # Thread 0 only: when its window of measure began, and until when it works alone
+    # (CLOCK_MONOTONIC ns; see team_wants_solo).
     long long since
     long long solo_until
-    int lagging
 
 
 cdef inline Team team_of(int tid, int size, fl_team *shared) noexcept nogil:
@@ -75,7 +76,6 @@ cdef inline Team team_of(int tid, int size, fl_team *shared) noexcept nogil:
     team.size = size
     team.shared = shared
     team.since = team.solo_until = 0
-    team.lagging = 0
     return team
 
 
@@ -95,15 +95,18 @@ cdef inline void sync_after_solo(const Team *team) noexcept nogil:
 # When other processes take the team's cores, a member is off its core for a scheduler
 # time slice (milliseconds) at a time, and every barrier waits for it: beside one busy
 # process on two cores, two threads decoded 8x and prefilled 5x slower than one.  So
-# thread 0 looks at how long the team waits (team.h counts it); when some thread waited
-# most of LAGGING_WINDOWS windows in a row (a virtual machine's core can vanish
-# for a few ms on its own), it works alone for
-# a while (a step then costs at most twice the team's), the others waiting at one barrier,
-# and then tries the team again.  The split changes no bits, so neither does the switch.
+# thread 0 looks at how long the team waits (team.h counts it).  When some thread waited
+# most of LAGGING_WINDOWS windows in a row (one alone can be a passing hiccup: a virtual
+# machine's core can vanish for a few ms), it works alone for a while (a step then costs at
+# most twice the team's), the others waiting at one barrier, and then tries the team again.
+# The count of lagging windows and the time alone are kept per module, across calls, so
+# that short calls (a stream's chunks) add up to a judgement too.  The split changes no
+# bits, so neither does the switch.
 cdef enum:
-    TEAM_WINDOW_NS = 2_000_000  # waiting is judged over windows of 2 ms
+    TEAM_WINDOW_NS = 2_000_000   # waiting is judged over windows of 2 ms...
+    TEAM_LAST_WINDOW_NS = 500_000  # ...and over a call's last 0.5 ms or more
     LAGGING_WINDOWS = 3
-    SOLO_NS = 200_000_000       # thread 0 then works alone for 200 ms
+    SOLO_NS = 200_000_000        # thread 0 then works alone for 200 ms
 
 
 cdef inline long long team_take_waits(Team *team) noexcept nogil:
@@ -116,9 +119,22 @@ cdef inline long long team_take_waits(Team *team) noexcept nogil:
     return most
 
 
+cdef inline bint team_judge_window(Team *team, long long now) noexcept nogil:
+    """Thread 0: judge the window since team.since (lagging or not) and start a new one;
+    True if the team should now work alone (and then until when is set)."""
+    cdef long long elapsed = now - team.since
+    cdef int lagging = fl_get_team_lagging() + 1 if 2 * team_take_waits(team) > elapsed else 0
+    fl_set_team_lagging(lagging if lagging < LAGGING_WINDOWS else 0)
+    if lagging < LAGGING_WINDOWS:
+        return False
+    team.solo_until = now + SOLO_NS
+    fl_set_team_solo_until(team.solo_until)
+    return True
+
+
 cdef inline bint team_wants_solo(Team *team) noexcept nogil:
     """Thread 0 of a team, between steps: whether to do the next steps alone."""
-    cdef long long t = fl_now_ns(), elapsed = t - team.since
+    cdef long long t = fl_now_ns()
     if t < team.solo_until:
         return True
     if t < fl_get_team_solo_until():  # another call of this module found the team lagging
@@ -127,15 +143,24 @@ cdef inline bint team_wants_solo(Team *team) noexcept nogil:
     if team.since == 0:
         team_take_waits(team)
         return False
-    if elapsed < TEAM_WINDOW_NS:
+    if t - team.since < TEAM_WINDOW_NS:
         return False
-    team.lagging = team.lagging + 1 if 2 * team_take_waits(team) > elapsed else 0
-    if team.lagging < LAGGING_WINDOWS:
-        return False
-    team.lagging = 0
-    team.solo_until = t + SOLO_NS
-    fl_set_team_solo_until(team.solo_until)
-    return True
+    return team_judge_window(team, t)
+
+
+cdef inline bint team_solo_now() noexcept nogil:
+    """Whether a call about to form a team should run on one thread instead: a team of
+    this module was found lagging less than SOLO_NS ago (forming one would cost a wait for
+    every member at the start and the end of the call)."""
+    return fl_now_ns() < fl_get_team_solo_until()
+
+
+cdef inline void team_end(Team *team) noexcept nogil:
+    """Thread 0, when the team's call is done: judge the last window if long enough."""
+    cdef long long t = fl_now_ns()
+    if team.size > 1 and team.since != 0 and t >= team.solo_until and \
+            t - team.since >= TEAM_LAST_WINDOW_NS:
+        team_judge_window(team, t)
 
 
 cdef inline bint team_solo_over(const Team *team) noexcept nogil:

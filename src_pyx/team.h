@@ -147,11 +147,22 @@ static inline long long fl_team_take_wait(fl_team *team, int t)
     return __atomic_exchange_n(&team->waited[t], 0, __ATOMIC_RELAXED);
 }
 
-/* Until when (CLOCK_MONOTONIC, ns) the teams of this module let thread 0 work alone: set
- * by a team that found its members kept off their cores by other processes (stack.pxd's
- * team_wants_solo) and read by every team, so that short calls (a stream's chunks) do not
- * each pay to find it out again.  Relaxed atomics: any recent value will do. */
+/* Until when (CLOCK_MONOTONIC, ns) the teams of this module let thread 0 work alone, and
+ * how many windows in a row they were found lagging: kept across calls (stack.pxd's
+ * team_wants_solo), so that short calls (a stream's chunks) add up to a judgement and do
+ * not each pay to find it out again.  Relaxed atomics: any recent value will do. */
 static long long fl_team_solo_until = 0;
+static int fl_team_lagging = 0;
+
+static inline int fl_get_team_lagging(void)
+{
+    return __atomic_load_n(&fl_team_lagging, __ATOMIC_RELAXED);
+}
+
+static inline void fl_set_team_lagging(int windows)
+{
+    __atomic_store_n(&fl_team_lagging, windows, __ATOMIC_RELAXED);
+}
 
 static inline long long fl_get_team_solo_until(void)
 {
