@@ -21,5 +21,6 @@ c = np.zeros((cfg.num_layers, 1, cfg.hidden_size), np.float32)
 logits = np.empty((1, 1, cfg.vocab_size), np.float32)
 bad = np.array([[cfg.vocab_size]], np.int64)  # one past the last row
 _rnn.forward(cfg.rnn_type, model._layers, h=h, c=c, ids=bad, **model._layer0_input(),
-             logits=logits, head_w=model._head_weight, head_b=model._head_bias, num_threads=1)
+             logits=logits, head=model._head, head_w=model._head_weight, head_b=model._head_bias,
+             num_threads=1)
 print("canary: the out-of-bounds call returned (the checker must have reported it)")
