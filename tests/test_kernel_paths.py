@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ import pytest
 import fastlstm
 from fastlstm import isa
 from conftest import LMCase, build_model
+
+PACKAGE_PARENT = str(Path(fastlstm.__file__).resolve().parents[1])
 
 DTYPES = ["float32", "float16", "bfloat16", "int8"]
 # Sizes not multiples of 8 or 16 (vector tails, partial panels); big enough that two
@@ -116,16 +119,21 @@ def test_selecting_a_path_the_cpu_lacks_is_an_error(monkeypatch):
     assert isa.kernel_path() in isa.PATHS  # nothing changed
 
 
+def run_python(code: str, kernel_path: str, cwd) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter with FASTLSTM_ISA=kernel_path, importing the fastlstm
+    under test (started outside the checkout, whose sources have no compiled kernels)."""
+    env = {"FASTLSTM_ISA": kernel_path, "PATH": "/usr/bin:/bin", "PYTHONPATH": PACKAGE_PARENT}
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
 @pytest.mark.parametrize("value, error", [
     ("neon", "is not a kernel path"),
     ("", None),
     ("Portable", None),
 ])
-def test_the_environment_variable(value, error):
-    code = "import fastlstm; print(fastlstm.isa.kernel_path())"
-    env = {"FASTLSTM_ISA": value, "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                            text=True, timeout=60)
+def test_the_environment_variable(tmp_path, value, error):
+    result = run_python("import fastlstm; print(fastlstm.isa.kernel_path())", value, tmp_path)
     if error:
         assert result.returncode != 0 and error in result.stderr, result.stderr
     else:
@@ -134,15 +142,14 @@ def test_the_environment_variable(value, error):
         assert result.stdout.strip() == expected
 
 
-def test_every_path_forced_by_the_environment_gives_the_same_text():
+def test_every_path_forced_by_the_environment_gives_the_same_text(tmp_path):
     code = ("import fastlstm; m = fastlstm.load(num_threads=2); "
             "print(fastlstm.isa.kernel_path(), repr(m.generate('ROMEO.', max_new_tokens=60, "
             "seed=4)), repr(fastlstm.load(dtype='int8', num_threads=2).generate('ROMEO.', "
             "max_new_tokens=60, seed=4)))")
     outputs = set()
     for path in isa.available():
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                env={"FASTLSTM_ISA": path, "PATH": "/usr/bin:/bin"}, timeout=60)
+        result = run_python(code, path, tmp_path)
         assert result.returncode == 0, result.stderr
         name, texts = result.stdout.split(" ", 1)
         assert name == path
