@@ -1,72 +1,108 @@
 /* The int8 register tiles of matmul.h, written once and compiled once per instruction set:
  * matmul.h includes this file twice, with
  *
- *   FL_I8_NAME(f)        f's name on this path (f_avx2, f_vnni)
- *   FL_I8_TARGET         the target attribute of the path's functions
- *   FL_I8_DOT(acc, x, w) acc + the pairwise int16 products of x and w, summed per int32 lane:
- *                        vpmaddwd + vpaddd on AVX2, one vpdpwssd with AVX512-VNNI.  Both are
- *                        exact (|x| <= 32767, |w| <= 127, see "int8 weights" in matmul.h), so
- *                        both paths give the same sums.
+ *   FL_I8_NAME(f)   f's name on this path (f_avx2, f_vnni)
+ *   FL_I8_TARGET    the target attribute of the path's functions
+ *   FL_I8_VNNI      0: vpmaddwd on int16 x (AVX2); 1: vpdpbusd on x's bytes (AVX512-VNNI)
+ *
+ * Both read the int8 panels (a quad of k is 64 bytes per panel: two 32-byte vectors of 8
+ * outputs x 4 k) and, per row of x and quad, two 32-bit words of x as fl_i8_arrange stores
+ * them.  "int8 weights" in matmul.h says why each path's sums are exact.
  */
 
 #define FL_I8_INLINE static inline __attribute__((always_inline, target(FL_I8_TARGET)))
 
-/* int8 register tile: MR rows x NP panels, 2*MR*NP ymm int32 accumulators (8 outputs each),
- * over quantized rows xq (ldq apart, scales sx) and panels p0 .. p0+NP-1.  Per pair of k,
- * a panel row is 32 bytes: two sign-extends to 16 int16 pairs, one FL_I8_DOT per half and
- * row. */
+#if FL_I8_VNNI
+#define FL_I8_ACCS 2 /* accumulators per 8 outputs: the L and the H byte sums */
+#define FL_I8_CHUNK FL_I8_CHUNK_VNNI
+#else
+#define FL_I8_ACCS 1
+#define FL_I8_CHUNK FL_I8_CHUNK_AVX2
+#endif
+
+/* int8 register tile: MR rows x NP panels, 2*FL_I8_ACCS*MR*NP ymm int32 accumulators (8
+ * outputs each), over quantized rows xq (ldq int16 apart, scales sx) and panels
+ * p0 .. p0+NP-1. */
 FL_I8_INLINE void FL_I8_NAME(fl_tile_i8)(const int MR, const int NP, const fl_matrix *W, int p0,
                                     const int16_t *xq, int ldq, const double *sx,
                                     const float *bias, int accumulate, float *y, int ldy)
 {
-    __m256i acc[6][8];
+    __m256i acc[6][8 * FL_I8_ACCS];
     double sums[6][4 * FL_PANEL];
     const int8_t *w[4];
-    const int n = W->n, pairs = fl_packed_k(FL_I8, W->k) / 2;
-    const size_t row_bytes = 2 * FL_PANEL, pstride = (size_t)pairs * row_bytes;
+    const int n = W->n, quads = fl_packed_k(FL_I8, W->k) / 4;
+    const size_t quad_bytes = 4 * FL_PANEL, pstride = (size_t)quads * quad_bytes;
     const size_t ahead = FL_PREFETCH_BYTES;
 
 #pragma GCC unroll 4
     for (int q = 0; q < NP; q++)
         w[q] = (const int8_t *)W->panels + (size_t)(p0 + q) * pstride;
 
-    for (int c0 = 0; c0 < pairs; c0 += FL_I8_CHUNK) {
-        const int c1 = pairs - c0 < FL_I8_CHUNK ? pairs : c0 + FL_I8_CHUNK;
+    for (int c0 = 0; c0 < quads; c0 += FL_I8_CHUNK) {
+        const int c1 = quads - c0 < FL_I8_CHUNK ? quads : c0 + FL_I8_CHUNK;
 #pragma GCC unroll 6
         for (int i = 0; i < MR; i++)
-#pragma GCC unroll 8
-            for (int h = 0; h < 2 * NP; h++)
-                acc[i][h] = _mm256_setzero_si256();
+#pragma GCC unroll 16
+            for (int a = 0; a < 2 * NP * FL_I8_ACCS; a++)
+                acc[i][a] = _mm256_setzero_si256();
         for (int c = c0; c < c1; c++) {
-            const size_t off = (size_t)c * row_bytes;
-            __m256i xb[6];
+            const size_t off = (size_t)c * quad_bytes;
+            if (NP == 1) /* see fl_tile_avx2; every quad is one cache line */
+                _mm_prefetch((const char *)w[0] + off + ahead, _MM_HINT_T0);
+            /* The weights of all NP panels first, then row by row: two broadcasts and
+             * 2*NP (AVX2) or 4*NP (VNNI) products, so that only one row's words are live. */
+            __m256i v[8];
+#pragma GCC unroll 8
+            for (int h = 0; h < 2 * NP; h++) {
+                v[h] = _mm256_loadu_si256((const __m256i *)(w[h >> 1] + off + 32 * (h & 1)));
+            }
+#if !FL_I8_VNNI
+            /* v[h] := bytes k1, k3 of each output as int16, lo[h] := k0, k2: the weights
+             * sign-extended in place, 3 shifts per 32 bytes and no shuffle. */
+            __m256i lo[8];
+#pragma GCC unroll 8
+            for (int h = 0; h < 2 * NP; h++) {
+                lo[h] = _mm256_srai_epi16(_mm256_slli_epi16(v[h], 8), 8);
+                v[h] = _mm256_srai_epi16(v[h], 8);
+            }
+#endif
 #pragma GCC unroll 6
             for (int i = 0; i < MR; i++) {
-                int32_t pair; /* (xq[2c], xq[2c + 1]) */
-                memcpy(&pair, xq + (size_t)i * ldq + 2 * (size_t)c, sizeof pair);
-                xb[i] = _mm256_set1_epi32(pair);
-            }
-            if (NP == 1 && (off & 63) == 0) /* see fl_tile_avx2 */
-                _mm_prefetch((const char *)w[0] + off + ahead, _MM_HINT_T0);
-#pragma GCC unroll 4
-            for (int q = 0; q < NP; q++) {
-                __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w[q] + off)));
-                __m256i w1 =
-                    _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w[q] + off + 16)));
-#pragma GCC unroll 6
-                for (int i = 0; i < MR; i++) {
-                    acc[i][2 * q] = FL_I8_DOT(acc[i][2 * q], xb[i], w0);
-                    acc[i][2 * q + 1] = FL_I8_DOT(acc[i][2 * q + 1], xb[i], w1);
+                const int16_t *quad = xq + (size_t)i * ldq + 4 * (size_t)c;
+                int32_t word0, word1; /* AVX2: (x0, x2), (x1, x3); VNNI: L0..L3, H0..H3 */
+                memcpy(&word0, quad, 4);
+                memcpy(&word1, quad + 2, 4);
+                const __m256i b0 = _mm256_set1_epi32(word0), b1 = _mm256_set1_epi32(word1);
+#pragma GCC unroll 8
+                for (int h = 0; h < 2 * NP; h++) {
+#if FL_I8_VNNI
+                    acc[i][2 * h] = fl_dpbusd(acc[i][2 * h], b0, v[h]);
+                    acc[i][2 * h + 1] = fl_dpbusd(acc[i][2 * h + 1], b1, v[h]);
+#else
+                    acc[i][h] = _mm256_add_epi32(acc[i][h], _mm256_madd_epi16(lo[h], b0));
+                    acc[i][h] = _mm256_add_epi32(acc[i][h], _mm256_madd_epi16(v[h], b1));
+#endif
                 }
             }
         }
+        /* sums += this chunk's sums, exactly in double (VNNI: 256 * H + L) */
 #pragma GCC unroll 6
         for (int i = 0; i < MR; i++)
 #pragma GCC unroll 8
             for (int h = 0; h < 2 * NP; h++) {
                 double *d = sums[i] + 8 * h;
+#if FL_I8_VNNI
+                const __m256d f256 = _mm256_set1_pd(256.0);
+                const __m256i L = acc[i][2 * h], H = acc[i][2 * h + 1];
+                __m256d lo = _mm256_fmadd_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(H)), f256,
+                                             _mm256_cvtepi32_pd(_mm256_castsi256_si128(L)));
+                __m256d hi =
+                    _mm256_fmadd_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(H, 1)), f256,
+                                    _mm256_cvtepi32_pd(_mm256_extracti128_si256(L, 1)));
+#else
                 __m256d lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(acc[i][h]));
                 __m256d hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256(acc[i][h], 1));
+#endif
                 if (c0) {
                     lo = _mm256_add_pd(_mm256_loadu_pd(d), lo);
                     hi = _mm256_add_pd(_mm256_loadu_pd(d + 4), hi);
@@ -83,15 +119,27 @@ FL_I8_INLINE void FL_I8_NAME(fl_tile_i8)(const int MR, const int NP, const fl_ma
 #pragma GCC unroll 8
         for (int h = 0; h < 2 * NP; h++) {
             int j = (p0 + (h >> 1)) * FL_PANEL + 8 * (h & 1);
-            const double *d = sums[i] + 8 * h;
+            double *d = sums[i] + 8 * h;
             if (j + 8 <= n) {
+                __m256d d0 = _mm256_loadu_pd(d), d1 = _mm256_loadu_pd(d + 4);
+#if FL_I8_VNNI
+                /* s = 256 * sum q H + sum q L - 32768 * qsum, exact */
+                const __m256d f = _mm256_set1_pd(-32768.0);
+                __m128i qs = _mm_loadu_si128((const __m128i *)(W->qsum + j));
+                d0 = _mm256_fmadd_pd(_mm256_cvtepi32_pd(qs), f, d0);
+                d1 = _mm256_fmadd_pd(_mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(W->qsum + j + 4))), f, d1);
+#endif
                 /* (float)(sum * ((double)scale[j] * sx)), 4 at a time */
                 __m256d c0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(W->scale + j)), s);
                 __m256d c1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(W->scale + j + 4)), s);
-                __m128 v0 = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(d), c0));
-                __m128 v1 = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(d + 4), c1));
+                __m128 v0 = _mm256_cvtpd_ps(_mm256_mul_pd(d0, c0));
+                __m128 v1 = _mm256_cvtpd_ps(_mm256_mul_pd(d1, c1));
                 fl_finish8(_mm256_set_m128(v1, v0), bias ? bias + j : NULL, accumulate, yr + j);
             } else if (j < n) {
+#if FL_I8_VNNI
+                for (int l = 0; l < n - j; l++)
+                    d[l] = d[l] - 32768.0 * W->qsum[j + l];
+#endif
                 fl_i8_store_scalar(d, n - j, W->scale + j, sx[i], bias ? bias + j : NULL,
                                    accumulate, yr + j);
             }
@@ -122,3 +170,5 @@ static const fl_tile_i8_fn FL_I8_NAME(fl_tiles_i8)[7][5] = {
 };
 
 #undef FL_I8_INLINE
+#undef FL_I8_ACCS
+#undef FL_I8_CHUNK
