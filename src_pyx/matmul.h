@@ -221,7 +221,7 @@ static void fl_matmul_float_scalar(int m, const fl_matrix *W, const float *x, in
 
 #define FL_I8_XMAX 32767
 #define FL_I8_CHUNK_AVX2 128  /* quads of k per int32 partial sum, vpmaddwd */
-#define FL_I8_CHUNK_VNNI 512  /* the same for vpdpbusd (16577 would do; 512 lets k = 3000 test it) */
+#define FL_I8_CHUNK_VNNI 512  /* the same, vpdpbusd (16577 would do; 512: k = 3000 tests it) */
 #define FL_I8_BLOCK 48        /* rows of x quantized at a time, at most */
 #define FL_I8_STACK_XQ 16384  /* int16 elements of quantized x (VNNI: their bytes), on the stack */
 
@@ -568,10 +568,12 @@ static FL_AVX2 void fl_matmul_avx2(int m, const fl_matrix *W, const float *x, in
  *                    L = u & 255, H = u >> 8 (fl_tile_i8_vnni). */
 FL_AVX2_INLINE __m128i fl_i8_arrange(__m128i xq8, int vnni)
 {
-    if (vnni)
-        return _mm_shuffle_epi8(_mm_xor_si128(xq8, _mm_set1_epi16((short)0x8000)),
-                                _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15));
-    return _mm_shuffle_epi8(xq8, _mm_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15));
+    if (vnni) { /* xor 0x8000 adds 32768 modulo 2^16: u = xq + 32768 as an unsigned word */
+        const __m128i bytes = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+        return _mm_shuffle_epi8(_mm_xor_si128(xq8, _mm_set1_epi16((short)0x8000)), bytes);
+    }
+    return _mm_shuffle_epi8(xq8,
+                            _mm_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15));
 }
 
 /* fl_i8_quantize_row_scalar, vectorized (the same values: max is exact in any order, and

@@ -20,6 +20,36 @@
 #define FL_I8_CHUNK FL_I8_CHUNK_AVX2
 #endif
 
+/* The operands of fl_i8_dot from 32 weight bytes (8 outputs x 4 k) in *hi: VNNI uses them as
+ * they are; AVX2 sign-extends them in place to int16, *hi := bytes k1, k3 of each output,
+ * *lo := k0, k2 (3 shifts per 32 bytes and no shuffle, unlike vpmovsxbw). */
+FL_I8_INLINE void FL_I8_NAME(fl_i8_operands)(__m256i *hi, __m256i *lo)
+{
+#if FL_I8_VNNI
+    *lo = *hi;
+#else
+    *lo = _mm256_srai_epi16(_mm256_slli_epi16(*hi, 8), 8);
+    *hi = _mm256_srai_epi16(*hi, 8);
+#endif
+}
+
+/* a[0 .. FL_I8_ACCS) += one quad of one row of x (its 8 bytes at quad, as fl_i8_arrange
+ * stores them) times 8 outputs' weights (fl_i8_operands). */
+FL_I8_INLINE void FL_I8_NAME(fl_i8_dot)(__m256i *a, const int16_t *quad, __m256i hi, __m256i lo)
+{
+    int32_t word0, word1; /* AVX2: int16 (x0, x2), (x1, x3); VNNI: bytes L0..L3, H0..H3 */
+    memcpy(&word0, quad, 4);
+    memcpy(&word1, quad + 2, 4);
+    const __m256i b0 = _mm256_set1_epi32(word0), b1 = _mm256_set1_epi32(word1);
+#if FL_I8_VNNI
+    a[0] = fl_dpbusd(a[0], b0, lo);
+    a[1] = fl_dpbusd(a[1], b1, hi);
+#else
+    a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(lo, b0));
+    a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(hi, b1));
+#endif
+}
+
 /* int8 register tile: MR rows x NP panels, 2*FL_I8_ACCS*MR*NP ymm int32 accumulators (8
  * outputs each), over quantized rows xq (ldq int16 apart, scales sx) and panels
  * p0 .. p0+NP-1. */
@@ -47,42 +77,38 @@ FL_I8_INLINE void FL_I8_NAME(fl_tile_i8)(const int MR, const int NP, const fl_ma
                 acc[i][a] = _mm256_setzero_si256();
         for (int c = c0; c < c1; c++) {
             const size_t off = (size_t)c * quad_bytes;
+            const int16_t *xc = xq + 4 * (size_t)c; /* row i's quad: xc + i * ldq */
             if (NP == 1) /* see fl_tile_avx2; every quad is one cache line */
                 _mm_prefetch((const char *)w[0] + off + ahead, _MM_HINT_T0);
-            /* The weights of all NP panels first, then row by row: two broadcasts and
-             * 2*NP (AVX2) or 4*NP (VNNI) products, so that only one row's words are live. */
-            __m256i v[8];
-#pragma GCC unroll 8
-            for (int h = 0; h < 2 * NP; h++) {
-                v[h] = _mm256_loadu_si256((const __m256i *)(w[h >> 1] + off + 32 * (h & 1)));
-            }
-#if !FL_I8_VNNI
-            /* v[h] := bytes k1, k3 of each output as int16, lo[h] := k0, k2: the weights
-             * sign-extended in place, 3 shifts per 32 bytes and no shuffle. */
-            __m256i lo[8];
-#pragma GCC unroll 8
-            for (int h = 0; h < 2 * NP; h++) {
-                lo[h] = _mm256_srai_epi16(_mm256_slli_epi16(v[h], 8), 8);
-                v[h] = _mm256_srai_epi16(v[h], 8);
-            }
-#endif
-#pragma GCC unroll 6
-            for (int i = 0; i < MR; i++) {
-                const int16_t *quad = xq + (size_t)i * ldq + 4 * (size_t)c;
-                int32_t word0, word1; /* AVX2: (x0, x2), (x1, x3); VNNI: L0..L3, H0..H3 */
-                memcpy(&word0, quad, 4);
-                memcpy(&word1, quad + 2, 4);
-                const __m256i b0 = _mm256_set1_epi32(word0), b1 = _mm256_set1_epi32(word1);
+            /* Two loop orders, each the faster where it is used (GCC 12, Zen 4, measured
+             * at n=2048 k=512): up to 2 rows, one weight vector at a time against both rows'
+             * words (VNNI 2x3: 101 GMAC/s against 89, which spills; AVX2 +4%)... */
+            if (MR <= 2) {
 #pragma GCC unroll 8
                 for (int h = 0; h < 2 * NP; h++) {
-#if FL_I8_VNNI
-                    acc[i][2 * h] = fl_dpbusd(acc[i][2 * h], b0, v[h]);
-                    acc[i][2 * h + 1] = fl_dpbusd(acc[i][2 * h + 1], b1, v[h]);
-#else
-                    acc[i][h] = _mm256_add_epi32(acc[i][h], _mm256_madd_epi16(lo[h], b0));
-                    acc[i][h] = _mm256_add_epi32(acc[i][h], _mm256_madd_epi16(v[h], b1));
-#endif
+                    const int8_t *wh = w[h >> 1] + off + 32 * (h & 1);
+                    __m256i lo, hi = _mm256_loadu_si256((const __m256i *)wh);
+                    FL_I8_NAME(fl_i8_operands)(&hi, &lo);
+#pragma GCC unroll 2
+                    for (int i = 0; i < MR; i++)
+                        FL_I8_NAME(fl_i8_dot)(acc[i] + FL_I8_ACCS * h, xc + (size_t)i * ldq, hi,
+                                              lo);
                 }
+            } else {
+                /* ...from 3 rows, every panel's weights first, then row by row (VNNI 6x1:
+                 * 104 against 88; AVX2 +3 to 10%). */
+                __m256i hi[8], lo[8];
+#pragma GCC unroll 8
+                for (int h = 0; h < 2 * NP; h++) {
+                    hi[h] = _mm256_loadu_si256((const __m256i *)(w[h >> 1] + off + 32 * (h & 1)));
+                    FL_I8_NAME(fl_i8_operands)(&hi[h], &lo[h]);
+                }
+#pragma GCC unroll 6
+                for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+                    for (int h = 0; h < 2 * NP; h++)
+                        FL_I8_NAME(fl_i8_dot)(acc[i] + FL_I8_ACCS * h, xc + (size_t)i * ldq, hi[h],
+                                              lo[h]);
             }
         }
         /* sums += this chunk's sums, exactly in double (VNNI: 256 * H + L) */
@@ -125,9 +151,9 @@ FL_I8_INLINE void FL_I8_NAME(fl_tile_i8)(const int MR, const int NP, const fl_ma
 #if FL_I8_VNNI
                 /* s = 256 * sum q H + sum q L - 32768 * qsum, exact */
                 const __m256d f = _mm256_set1_pd(-32768.0);
-                __m128i qs = _mm_loadu_si128((const __m128i *)(W->qsum + j));
-                d0 = _mm256_fmadd_pd(_mm256_cvtepi32_pd(qs), f, d0);
-                d1 = _mm256_fmadd_pd(_mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(W->qsum + j + 4))), f, d1);
+                const __m128i *qs = (const __m128i *)(W->qsum + j);
+                d0 = _mm256_fmadd_pd(_mm256_cvtepi32_pd(_mm_loadu_si128(qs)), f, d0);
+                d1 = _mm256_fmadd_pd(_mm256_cvtepi32_pd(_mm_loadu_si128(qs + 1)), f, d1);
 #endif
                 /* (float)(sum * ((double)scale[j] * sx)), 4 at a time */
                 __m256d c0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(W->scale + j)), s);
@@ -161,8 +187,10 @@ FL_TILE_I8_FN(3, 2) FL_TILE_I8_FN(4, 1) FL_TILE_I8_FN(5, 1) FL_TILE_I8_FN(6, 1)
 #undef FL_TILE_I8_FN
 static const fl_tile_i8_fn FL_I8_NAME(fl_tiles_i8)[7][5] = {
     {0, 0, 0, 0, 0},
-    {0, FL_I8_NAME(fl_tile_i8_1x1), FL_I8_NAME(fl_tile_i8_1x2), FL_I8_NAME(fl_tile_i8_1x3), FL_I8_NAME(fl_tile_i8_1x4)},
-    {0, FL_I8_NAME(fl_tile_i8_2x1), FL_I8_NAME(fl_tile_i8_2x2), FL_I8_NAME(fl_tile_i8_2x3), 0},
+    {0, FL_I8_NAME(fl_tile_i8_1x1), FL_I8_NAME(fl_tile_i8_1x2), FL_I8_NAME(fl_tile_i8_1x3),
+     FL_I8_NAME(fl_tile_i8_1x4)},
+    {0, FL_I8_NAME(fl_tile_i8_2x1), FL_I8_NAME(fl_tile_i8_2x2), FL_I8_NAME(fl_tile_i8_2x3),
+     0},
     {0, FL_I8_NAME(fl_tile_i8_3x1), FL_I8_NAME(fl_tile_i8_3x2), 0, 0},
     {0, FL_I8_NAME(fl_tile_i8_4x1), 0, 0, 0},
     {0, FL_I8_NAME(fl_tile_i8_5x1), 0, 0, 0},
