@@ -647,8 +647,16 @@ fl_dpbusd(__m256i acc, __m256i u8, __m256i s8)
 #undef FL_I8_TARGET
 #undef FL_I8_VNNI
 
-/* fl_i8_block_scalar on the tiles, walked as fl_matmul_avx2 walks them; xq as
- * fl_i8_quantize_row_avx2 stores it for the tiles' path. */
+/* Bytes of int8 panels from which a single row of x runs the 1x1 tile, one panel after
+ * another, instead of 4 panels at a time: a matrix this large rarely stays in L2 between
+ * two calls (a decode step multiplies several), and one stream comes faster from L3 than
+ * four.  Batch 1, Zen 4, VNNI: decode +10% (char LSTM 2x512, 1 MB matrices) and +15% (word
+ * LSTM 2x650; AVX2 +2% and +4%); 4 matrices of 512 KB in turn 72 -> 79 GMAC/s, but one
+ * alone, which L2 keeps, 94 -> 88, and 4 of 256 KB in turn 78 -> 73, hence the bound. */
+#define FL_I8_STREAM_BYTES (512u << 10)
+
+/* fl_i8_block_scalar on the tiles, walked as fl_matmul_avx2 walks them (one row: see
+ * FL_I8_STREAM_BYTES); xq as fl_i8_quantize_row_avx2 stores it for the tiles' path. */
 static FL_AVX2 void fl_i8_block_avx2(const fl_tile_i8_fn (*tiles)[5], int mb,
                                      const fl_matrix *W, const int16_t *xq, int kp,
                                      const double *sx, const float *bias, int accumulate,
@@ -656,11 +664,12 @@ static FL_AVX2 void fl_i8_block_avx2(const fl_tile_i8_fn (*tiles)[5], int mb,
 {
     int np = (W->n + FL_PANEL - 1) / FL_PANEL;
     int group = fl_panel_group((size_t)kp * FL_PANEL);
+    int stream = (size_t)np * FL_PANEL * kp >= FL_I8_STREAM_BYTES;
     for (int g0 = 0; g0 < np; g0 += group) {
         int g1 = g0 + group < np ? g0 + group : np;
         for (int r0 = 0; r0 < mb; r0 += 6) {
             int mr = mb - r0 < 6 ? mb - r0 : 6;
-            int tp = fl_tile_panels(mr);
+            int tp = mr == 1 && stream ? 1 : fl_tile_panels(mr);
             for (int p = g0; p < g1; p += tp) {
                 int cnt = g1 - p < tp ? g1 - p : tp;
                 tiles[mr][cnt](W, p, xq + (size_t)r0 * kp, kp, sx + r0, bias, accumulate,

@@ -75,10 +75,33 @@ FL_I8_INLINE void FL_I8_NAME(fl_tile_i8)(const int MR, const int NP, const fl_ma
 #pragma GCC unroll 16
             for (int a = 0; a < 2 * NP * FL_I8_ACCS; a++)
                 acc[i][a] = _mm256_setzero_si256();
-        for (int c = c0; c < c1; c++) {
+        int c = c0;
+        if (MR == 1 && NP == 1) {
+            /* One row and one panel (batch 1 on large matrices, FL_I8_STREAM_BYTES): two
+             * quads at a time into two sets of accumulators, added at the chunk's end
+             * (exact), so that 8 (VNNI) or 4 product chains hide the latency.  No prefetch:
+             * measured slower, the hardware keeps one stream fed. */
+#pragma GCC unroll 8
+            for (int a = 2 * FL_I8_ACCS; a < 4 * FL_I8_ACCS; a++)
+                acc[0][a] = _mm256_setzero_si256();
+            for (; c + 1 < c1; c += 2) {
+#pragma GCC unroll 4
+                for (int h = 0; h < 4; h++) { /* quad c + h / 2, outputs 8 (h % 2) .. */
+                    const int8_t *wh = w[0] + (size_t)c * quad_bytes + 32 * h;
+                    __m256i lo, hi = _mm256_loadu_si256((const __m256i *)wh);
+                    FL_I8_NAME(fl_i8_operands)(&hi, &lo);
+                    FL_I8_NAME(fl_i8_dot)(acc[0] + FL_I8_ACCS * h, xq + 4 * (size_t)(c + h / 2),
+                                          hi, lo);
+                }
+            }
+#pragma GCC unroll 4
+            for (int a = 0; a < 2 * FL_I8_ACCS; a++)
+                acc[0][a] = _mm256_add_epi32(acc[0][a], acc[0][a + 2 * FL_I8_ACCS]);
+        }
+        for (; c < c1; c++) {
             const size_t off = (size_t)c * quad_bytes;
             const int16_t *xc = xq + 4 * (size_t)c; /* row i's quad: xc + i * ldq */
-            if (NP == 1) /* see fl_tile_avx2; every quad is one cache line */
+            if (NP == 1 && MR > 1) /* see fl_tile_avx2; every quad is one cache line */
                 _mm_prefetch((const char *)w[0] + off + ahead, _MM_HINT_T0);
             /* Two loop orders, each the faster where it is used (GCC 12, Zen 4, measured
              * at n=2048 k=512): up to 2 rows, one weight vector at a time against both rows'

@@ -155,6 +155,24 @@ def test_int8_kernel_rows_longer_than_its_buffer(vector_path):
         np.testing.assert_array_equal(bits(y), bits(int8_products(x, stored, bias)))
 
 
+def test_int8_kernel_one_row_on_a_large_matrix(vector_path):
+    """A single row on a matrix of 512 KB and more runs the one-panel tile (matmul.h's
+    FL_I8_STREAM_BYTES), two quads at a time: the same bits as the definition and as the
+    row computed among others; k = 1029 leaves an odd quad and a padded one."""
+    n, k = 1030, 1029
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, k), dtype=np.float32)
+    bias = rng.standard_normal(n, dtype=np.float32)
+    stored = convert(weights(n, k), "int8")
+    packed = pack_matrix(stored)
+    assert packed.panels.nbytes >= 512 * 1024
+    expected = int8_products(x, stored, bias)
+    for r in range(3):
+        y = _matmul.matmul(x[r:r + 1], packed, bias)
+        np.testing.assert_array_equal(bits(y), bits(expected[r:r + 1]))
+    np.testing.assert_array_equal(bits(_matmul.matmul(x, packed, bias)), bits(expected))
+
+
 @pytest.mark.parametrize("force_scalar", [False, True])
 def test_int8_kernel_strided_rows_bias_and_accumulate(force_scalar, vector_path):
     """70 rows (two blocks of quantized x) read from a wider array whose NaN padding must not
