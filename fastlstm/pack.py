@@ -62,7 +62,7 @@ def pack_matrix(w: Stored | np.ndarray, dtype: str | None = None) -> PackedMatri
         panels = padded.reshape(padded_n // PANEL, 2, 8, padded_k // 4, 4).transpose(0, 3, 1, 2, 4)
         qsum = np.ascontiguousarray(data.sum(axis=1, dtype=np.int64).astype(np.int32))
     else:
-        panels = padded.reshape(padded_n // PANEL, PANEL, padded_k).transpose(0, 2, 1)  # (np, k, 16)
+        panels = padded.reshape(padded_n // PANEL, PANEL, padded_k).transpose(0, 2, 1)  # np,k,16
         if stored.dtype == "bfloat16":
             panels = panels[:, :, _BF16_ORDER]
     out = aligned_empty(panels.size, STORAGE[stored.dtype])
