@@ -62,7 +62,8 @@ class Forecaster:
     @property
     def nbytes(self) -> int:
         """Bytes of weights held in memory (any row-major copies for BLAS included)."""
-        arrays = [self._head_weight, self._head.panels, self._head.scale, self._head_bias]
+        arrays = [self._head_weight, self._head.panels, self._head.scale,
+                  self._head.qsum, self._head_bias]
         for layer in self._layers:
             arrays += layer.arrays
         unique = {id(a): a for a in arrays if a is not None}

@@ -128,7 +128,8 @@ class Model:
     def nbytes(self) -> int:
         """Bytes of weights held in memory (the lookup table and any row-major copies for
         BLAS included)."""
-        arrays = [self._head_weight, self._head.panels, self._head.scale, self._head_bias]
+        arrays = [self._head_weight, self._head.panels, self._head.scale,
+                  self._head.qsum, self._head_bias]
         for rows in (self._table, self._embedding):
             if rows is not None:
                 arrays += [rows.data, rows.scale]

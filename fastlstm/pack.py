@@ -13,7 +13,9 @@ PANEL = 16  # outputs per panel (matmul.h's FL_PANEL)
 ALIGNMENT = 64  # bytes: panels start on a cache line
 # bfloat16 panel rows interleave the two halves of the panel: position 2i holds output i,
 # 2i + 1 holds output 8 + i (matmul.h's fl_panel_slot), so one load gives both halves.
-# int8 panel rows hold pairs of k, k padded to even: panels[p][kk // 2][l][kk % 2].
+# int8 panels hold quads of k, k padded with zeros to a multiple of 4: 64 bytes per quad,
+# outputs 0..7 then 8..15, each output's 4 k together (matmul.h's fl_i8_slot):
+# panels[p][kk // 4][l // 8][l % 8][kk % 4], what vpdpbusd multiplies per 32-bit lane.
 _BF16_ORDER = np.array([o for i in range(8) for o in (i, 8 + i)])
 
 
@@ -28,18 +30,22 @@ def aligned_empty(count: int, dtype) -> np.ndarray:
 @dataclass(frozen=True)
 class PackedMatrix:
     """A weight W (n, k) in matmul.h's panels: panels[p][kk][slot] = W[16p + l, kk] (int8:
-    panels[p][kk // 2][l][kk % 2])."""
+    panels[p][kk // 4][l // 8][l % 8][kk % 4])."""
 
     panels: np.ndarray  # 1-D, 64-byte aligned, ceil(n/16)*16*k elements of the dtype's storage
-    #                     (int8: k rounded up to even)
+    #                     (int8: k rounded up to a multiple of 4)
     scale: np.ndarray | None  # (n,) float32, int8 only
     dtype: str
     n: int
     k: int
+    # (n,) int32, int8 only: each output's sum of q over k, which the AVX512-VNNI kernels
+    # subtract (32768 times) after multiplying q by x rounded to int16 and offset to unsigned.
+    # Exact for k < 2^31 / 127; the kernels read it only for k <= 16384.
+    qsum: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.panels.nbytes + (0 if self.scale is None else self.scale.nbytes)
+        return sum(a.nbytes for a in (self.panels, self.scale, self.qsum) if a is not None)
 
 
 def pack_matrix(w: Stored | np.ndarray, dtype: str | None = None) -> PackedMatrix:
@@ -48,17 +54,20 @@ def pack_matrix(w: Stored | np.ndarray, dtype: str | None = None) -> PackedMatri
     data = stored.data
     n, k = data.shape
     padded_n = -(-n // PANEL) * PANEL
-    padded_k = k + k % 2 if stored.dtype == "int8" else k
+    padded_k = -(-k // 4) * 4 if stored.dtype == "int8" else k
     padded = np.zeros((padded_n, padded_k), dtype=data.dtype)
     padded[:n, :k] = data
-    panels = padded.reshape(padded_n // PANEL, PANEL, padded_k).transpose(0, 2, 1)  # (np, k, 16)
-    if stored.dtype == "bfloat16":
-        panels = panels[:, :, _BF16_ORDER]
-    elif stored.dtype == "int8":  # pairs of k: panels[p][kk // 2][l][kk % 2]
-        panels = panels.reshape(padded_n // PANEL, padded_k // 2, 2, PANEL).transpose(0, 1, 3, 2)
+    qsum = None
+    if stored.dtype == "int8":  # quads of k: panels[p][kk // 4][l // 8][l % 8][kk % 4]
+        panels = padded.reshape(padded_n // PANEL, 2, 8, padded_k // 4, 4).transpose(0, 3, 1, 2, 4)
+        qsum = np.ascontiguousarray(data.sum(axis=1, dtype=np.int64).astype(np.int32))
+    else:
+        panels = padded.reshape(padded_n // PANEL, PANEL, padded_k).transpose(0, 2, 1)  # np,k,16
+        if stored.dtype == "bfloat16":
+            panels = panels[:, :, _BF16_ORDER]
     out = aligned_empty(panels.size, STORAGE[stored.dtype])
     out[:] = panels.reshape(-1)
-    return PackedMatrix(out, stored.scale, stored.dtype, n, k)
+    return PackedMatrix(out, stored.scale, stored.dtype, n, k, qsum)
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,7 @@ class PackedLayer:
         out = [self.bias_x, self.bias_hn, self.w_ih, self.w_hh, self.w_hr]
         for m in (self.w_ih_panels, self.w_hh_panels, self.w_hr_panels, self.w_hn_panels):
             if m is not None:
-                out += [m.panels, m.scale]
+                out += [m.panels, m.scale, m.qsum]
         return [a for a in out if a is not None]
 
 

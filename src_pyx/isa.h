@@ -2,7 +2,7 @@
  *
  *   FL_ISA_PORTABLE  plain C (fmaf, the same operations in the same order)
  *   FL_ISA_AVX2      AVX2 + FMA + F16C: 256-bit tiles and gate math
- *   FL_ISA_AVX512    FL_ISA_AVX2, plus AVX512-VNNI (vpdpwssd on 256-bit registers) for the
+ *   FL_ISA_AVX512    FL_ISA_AVX2, plus AVX512-VNNI (vpdpbusd on 256-bit registers) for the
  *                    exact int8 sums; needs avx512f, avx512vl, avx512bw and avx512vnni
  *
  * Every path computes bitwise the same results (matmul.h and gates.h say why for each

@@ -21,9 +21,11 @@
  * kernel reads one 16-weight row per panel per kk.  bfloat16 panel rows are interleaved
  * (W[16p + 0], W[16p + 8], W[16p + 1], W[16p + 9], ...) so that one 32-byte load yields
  * both halves with one shift and one mask.  fastlstm.pack builds the panels (NumPy);
- * fl_panel_slot() is the layout's one definition on the C side.  int8 panel rows hold pairs
- * of k instead: packed[p][kk/2][l][kk%2] = q[16p + l, kk], k padded to even with zeros (one
- * 32-byte row is 16 outputs x 2 k, what vpmaddwd multiplies).  Panels are 64-byte aligned.
+ * fl_panel_slot() is the layout's one definition on the C side.  int8 panels hold quads of
+ * k instead, k padded with zeros to a multiple of 4: 64 bytes per quad c, outputs 0..7 then
+ * 8..15, each output's 4 k together, packed[p][c][h][l][i] = q[16p + 8h + l, 4c + i]
+ * (fl_i8_slot): one 32-byte vector is 8 outputs x 4 k, what vpdpbusd multiplies per 32-bit
+ * lane.  Panels are 64-byte aligned.
  *
  * The arithmetic above is written with explicit fma intrinsics / fmaf and plain adds, never
  * as a*b + c, so -ffp-contract cannot change it; -ffast-math (reassociation) would, hence
@@ -60,6 +62,7 @@ enum fl_wtype { FL_F32 = 0, FL_F16 = 1, FL_BF16 = 2, FL_I8 = 3 };
 typedef struct {
     const void *panels;  /* fl_packed_size(type, n, k) elements of `type`, 64-byte aligned */
     const float *scale;  /* (n,) FL_I8 only: W[j, :] = q[j, :] * scale[j]; NULL otherwise */
+    const int32_t *qsum; /* (n,) FL_I8 only: sum_kk q[j, kk] (see "int8 weights"); else NULL */
     int type;            /* enum fl_wtype */
     int n, k;            /* k >= 1 (fastlstm.pack never packs an empty matrix) */
 } fl_matrix;
@@ -69,10 +72,10 @@ static inline size_t fl_wtype_size(int type)
     return type == FL_F32 ? 4 : type == FL_I8 ? 1 : 2;
 }
 
-/* The panels' depth: k, or k rounded up to even for int8 (whose rows hold pairs of k). */
+/* The panels' depth: k, or k rounded up to a multiple of 4 for int8 (quads of k). */
 static inline int fl_packed_k(int type, int k)
 {
-    return type == FL_I8 ? k + (k & 1) : k;
+    return type == FL_I8 ? k + (-k & 3) : k;
 }
 
 /* Elements needed for W (n, k) of `type` in the panel layout. */
@@ -83,12 +86,18 @@ static inline size_t fl_packed_size(int type, int n, int k)
     return (size_t)((n + FL_PANEL - 1) / FL_PANEL) * FL_PANEL * (size_t)fl_packed_k(type, k);
 }
 
-/* Where output l (0..15) of a panel row sits within that row. */
+/* Where output l (0..15) of a float32, float16 or bfloat16 panel row sits within that row. */
 static inline int fl_panel_slot(int type, int l)
 {
     if (type == FL_BF16)
         return l < 8 ? 2 * l : 2 * (l - 8) + 1;
     return l;
+}
+
+/* Where q[16p + l, kk] sits in int8 panel p, in bytes from the panel's start. */
+static inline size_t fl_i8_slot(int l, int kk)
+{
+    return (size_t)(kk / 4) * 4 * FL_PANEL + (size_t)(l / 8) * 32 + (size_t)(l % 8) * 4 + kk % 4;
 }
 
 /* ------------------------------------------------------------ exact conversions */
@@ -186,7 +195,7 @@ static void fl_matmul_float_scalar(int m, const fl_matrix *W, const float *x, in
  * Converting int8 weights to floats takes two vector instructions per 8 weights (sign-
  * extend, convert), which kept a float32 kernel at about half the speed its bytes allow.
  * So int8 weights multiply integers: each row of x is rounded to 16 bits with its own
- * scale, vpmaddwd multiplies 16 pairs at once, and the integer sums are exact:
+ * scale, and the integer sums are exact:
  *
  *     a = max_kk |x[r, kk]|,  sx = a / 32767  (double)
  *     xq[r, kk] = rint(x[r, kk] * (32767 / a))   (double product; |xq| <= 32767; 0 if a = 0)
@@ -195,16 +204,26 @@ static void fl_matmul_float_scalar(int m, const fl_matrix *W, const float *x, in
  *
  * The one rounding beyond the weights' own is x's: at most 2^-16 of the row's largest
  * magnitude per element, against the 2^-8 of the int8 weights.  A row of x holding an inf
- * or NaN gets sx = NaN: all its outputs are NaN.  Exact sums make the AVX2 kernels and the
- * scalar path agree bitwise, and a row's result independent of the other rows.  The AVX2
- * kernels sum int32 over at most FL_I8_CHUNK pairs of k (|s| < 512 * 127 * 32768 < 2^31)
- * and add those partial sums in double (exact below 2^53).
+ * or NaN gets sx = NaN: all its outputs are NaN.  Exact sums make every path agree
+ * bitwise, and a row's result independent of the other rows.  How each path sums:
+ *
+ *   - AVX2: vpmaddwd on the weights sign-extended to int16 in place (two shifts give a
+ *     quad's bytes k0, k2, one gives k1, k3) against xq stored (x0, x2, x1, x3) per quad;
+ *     int32 sums over at most FL_I8_CHUNK_AVX2 quads (|s| < 128 * 4 * 127 * 32767 < 2^31),
+ *     added in double (exact below 2^53).
+ *   - AVX512-VNNI: vpdpbusd multiplies unsigned by signed bytes, 4 per 32-bit lane, so xq is
+ *     split in bytes: u = xq + 32768 (1..65535), H = u >> 8, L = u & 255, and
+ *         s = 256 * sum q H + sum q L - 32768 * qsum[j],   qsum[j] = sum_kk q[j, kk]
+ *     (W->qsum, computed at pack time), the two byte sums in int32 over at most
+ *     FL_I8_CHUNK_VNNI quads (< 2^31 / (4 * 255 * 127)), combined in double (exact).
+ *   - portable: int64 sums of q * xq.
  */
 
 #define FL_I8_XMAX 32767
-#define FL_I8_CHUNK 256       /* pairs of k per int32 partial sum */
+#define FL_I8_CHUNK_AVX2 128  /* quads of k per int32 partial sum, vpmaddwd */
+#define FL_I8_CHUNK_VNNI 512  /* the same, vpdpbusd (16577 would do; 512: k = 3000 tests it) */
 #define FL_I8_BLOCK 48        /* rows of x quantized at a time, at most */
-#define FL_I8_STACK_XQ 16384  /* int16 elements of quantized x, on the stack (32 KB) */
+#define FL_I8_STACK_XQ 16384  /* int16 elements of quantized x (VNNI: their bytes), on the stack */
 
 /* The row scale sx = max|x| / 32767 from max|x| and whether every element is finite, and
  * the factor x is multiplied by before rounding, 32767 / max|x| (*inverse).  An all-zero
@@ -262,23 +281,23 @@ static inline void fl_i8_store_scalar(const double *sums, int count, const float
     }
 }
 
-/* Rows [0, mb) of y from quantized rows xq (kp apart) and their sx: the reference loop. */
+/* Rows [0, mb) of y from quantized rows xq (kp apart, in k order) and their sx: the
+ * reference loop. */
 static void fl_i8_block_scalar(int mb, const fl_matrix *W, const int16_t *xq, int kp,
                                const double *sx, const float *bias, int accumulate, float *y,
                                int ldy)
 {
     const int8_t *q = (const int8_t *)W->panels;
-    int n = W->n, np = (n + FL_PANEL - 1) / FL_PANEL, pairs = kp / 2;
+    int n = W->n, np = (n + FL_PANEL - 1) / FL_PANEL;
     double sums[FL_PANEL];
     for (int r = 0; r < mb; r++) {
         const int16_t *xr = xq + (size_t)r * kp;
         for (int p = 0; p < np; p++) {
-            const int8_t *panel = q + (size_t)p * pairs * 2 * FL_PANEL;
+            const int8_t *panel = q + (size_t)p * kp * FL_PANEL;
             for (int l = 0; l < FL_PANEL; l++) {
                 int64_t s = 0;
-                for (int c = 0; c < pairs; c++)
-                    s += panel[(size_t)c * 2 * FL_PANEL + 2 * l] * (int64_t)xr[2 * c] +
-                         panel[(size_t)c * 2 * FL_PANEL + 2 * l + 1] * (int64_t)xr[2 * c + 1];
+                for (int kk = 0; kk < kp; kk++)
+                    s += panel[fl_i8_slot(l, kk)] * (int64_t)xr[kk];
                 sums[l] = (double)s;
             }
             int j0 = p * FL_PANEL;
@@ -296,17 +315,17 @@ static void fl_i8_unbuffered_scalar(int m, const fl_matrix *W, const float *x, i
                                     const float *bias, int accumulate, float *y, int ldy)
 {
     const int8_t *q = (const int8_t *)W->panels;
-    int n = W->n, k = W->k, pairs = fl_packed_k(FL_I8, k) / 2;
+    int n = W->n, k = W->k, kp = fl_packed_k(FL_I8, k);
     for (int r = 0; r < m; r++) {
         const float *xr = x + (size_t)r * ldx;
         float amax;
         int finite = fl_i8_row_max_scalar(xr, k, &amax);
         double inverse, sx = fl_i8_scales(amax, finite, &inverse);
         for (int j = 0; j < n; j++) {
-            const int8_t *panel = q + (size_t)(j / FL_PANEL) * pairs * 2 * FL_PANEL;
+            const int8_t *panel = q + (size_t)(j / FL_PANEL) * kp * FL_PANEL;
             int64_t s = 0;
             for (int kk = 0; kk < k; kk++)
-                s += panel[(size_t)(kk / 2) * 2 * FL_PANEL + 2 * (j % FL_PANEL) + kk % 2] *
+                s += panel[fl_i8_slot(j % FL_PANEL, kk)] *
                      (int64_t)fl_i8_quantize(xr[kk], inverse);
             double sum = (double)s;
             fl_i8_store_scalar(&sum, 1, W->scale + j, sx, bias ? bias + j : NULL, accumulate,
@@ -541,9 +560,27 @@ static FL_AVX2 void fl_matmul_avx2(int m, const fl_matrix *W, const float *x, in
     }
 }
 
+/* Two quads of xq (8 int16, in k order) as the tiles read them, 8 bytes per quad, whose
+ * first and second 32-bit words each tile broadcasts:
+ *   AVX2 (vnni = 0): int16 (x0, x2, x1, x3), the pairs that meet a quad's weight bytes
+ *                    k0, k2 and k1, k3 (fl_tile_i8_avx2);
+ *   VNNI (vnni = 1): the bytes of u = xq + 32768, (L0, L1, L2, L3, H0, H1, H2, H3) with
+ *                    L = u & 255, H = u >> 8 (fl_tile_i8_vnni). */
+FL_AVX2_INLINE __m128i fl_i8_arrange(__m128i xq8, int vnni)
+{
+    if (vnni) { /* xor 0x8000 adds 32768 modulo 2^16: u = xq + 32768 as an unsigned word */
+        const __m128i bytes = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+        return _mm_shuffle_epi8(_mm_xor_si128(xq8, _mm_set1_epi16((short)0x8000)), bytes);
+    }
+    return _mm_shuffle_epi8(xq8,
+                            _mm_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15));
+}
+
 /* fl_i8_quantize_row_scalar, vectorized (the same values: max is exact in any order, and
- * cvtpd2dq rounds as lrint does, in the current rounding mode). */
-static FL_AVX2 double fl_i8_quantize_row_avx2(const float *x, int k, int kp, int16_t *xq)
+ * cvtpd2dq rounds as lrint does, in the current rounding mode), stored as fl_i8_arrange
+ * says: kp int16 elements (2 kp bytes), x rounded to 0 past k. */
+static FL_AVX2 double fl_i8_quantize_row_avx2(const float *x, int k, int kp, int16_t *xq,
+                                              int vnni)
 {
     const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256 largest = _mm256_set1_ps(FLT_MAX);
@@ -560,19 +597,24 @@ static FL_AVX2 double fl_i8_quantize_row_avx2(const float *x, int k, int kp, int
     for (int l = 0; l < 8; l++)
         amax = lanes[l] > amax ? lanes[l] : amax;
     double inverse, sx = fl_i8_scales(amax, finite, &inverse);
-    if (inverse == 0.0) {
-        memset(xq, 0, (size_t)kp * sizeof(int16_t));
-        return sx;
+    int kk = 0;
+    if (inverse != 0.0) {
+        __m256d f = _mm256_set1_pd(inverse);
+        for (; kk < k8; kk += 8) {
+            __m128i lo =
+                _mm256_cvtpd_epi32(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + kk)), f));
+            __m128i hi =
+                _mm256_cvtpd_epi32(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + kk + 4)), f));
+            _mm_storeu_si128((__m128i *)(xq + kk), fl_i8_arrange(_mm_packs_epi32(lo, hi), vnni));
+        }
     }
-    __m256d f = _mm256_set1_pd(inverse);
-    for (int kk = 0; kk < k8; kk += 8) {
-        __m128i lo = _mm256_cvtpd_epi32(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + kk)), f));
-        __m128i hi =
-            _mm256_cvtpd_epi32(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + kk + 4)), f));
-        _mm_storeu_si128((__m128i *)(xq + kk), _mm_packs_epi32(lo, hi));
+    for (; kk < kp; kk += 8) { /* the rest (all of it for a zero, inf or NaN row), 8 by 8 */
+        int16_t part[8];
+        for (int i = 0; i < 8; i++)
+            part[i] = kk + i < k ? fl_i8_quantize(x[kk + i], inverse) : 0;
+        __m128i v = fl_i8_arrange(_mm_loadu_si128((const __m128i *)part), vnni);
+        memcpy(xq + kk, &v, (size_t)(kp - kk < 8 ? kp - kk : 8) * sizeof(int16_t));
     }
-    for (int kk = k8; kk < kp; kk++)
-        xq[kk] = kk < k ? fl_i8_quantize(x[kk], inverse) : 0;
     return sx;
 }
 
@@ -581,31 +623,40 @@ typedef void (*fl_tile_i8_fn)(const fl_matrix *, int, const int16_t *, int, cons
 
 #define FL_I8_NAME(f) f##_avx2
 #define FL_I8_TARGET "avx2,fma,f16c"
-#define FL_I8_DOT(acc, x, w) _mm256_add_epi32(acc, _mm256_madd_epi16(x, w))
+#define FL_I8_VNNI 0
 #include "tile_i8.h"
 #undef FL_I8_NAME
 #undef FL_I8_TARGET
-#undef FL_I8_DOT
+#undef FL_I8_VNNI
 
 #define FL_VNNI_TARGET "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"
-#define FL_I8_NAME(f) f##_vnni
-#define FL_I8_TARGET FL_VNNI_TARGET
-/* vpdpwssd accumulates in place; written as asm so that GCC keeps each accumulator in one
- * register.  With the intrinsic, GCC 12 copied all 12 accumulators of the 6x1 tile every
- * iteration: 75 GMAC/s at 64x2048x512 on Zen 4, 104 with the asm (fp32 tiles: 57). */
+/* vpdpbusd accumulates in place; written as asm so that GCC keeps each accumulator in one
+ * register.  With the intrinsic (vpdpwssd, before), GCC 12 copied all 12 accumulators of the
+ * 6x1 tile every iteration: 75 GMAC/s at 64x2048x512 on Zen 4 against 104 with the asm. */
 static inline __attribute__((always_inline, target(FL_VNNI_TARGET))) __m256i
-fl_dpwssd(__m256i acc, __m256i x, __m256i w)
+fl_dpbusd(__m256i acc, __m256i u8, __m256i s8)
 {
-    __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
     return acc;
 }
-#define FL_I8_DOT(acc, x, w) fl_dpwssd(acc, x, w)
+#define FL_I8_NAME(f) f##_vnni
+#define FL_I8_TARGET FL_VNNI_TARGET
+#define FL_I8_VNNI 1
 #include "tile_i8.h"
 #undef FL_I8_NAME
 #undef FL_I8_TARGET
-#undef FL_I8_DOT
+#undef FL_I8_VNNI
 
-/* fl_i8_block_scalar on the tiles, walked as fl_matmul_avx2 walks them. */
+/* Bytes of int8 panels from which a single row of x runs the 1x1 tile, one panel after
+ * another, instead of 4 panels at a time: a matrix this large rarely stays in L2 between
+ * two calls (a decode step multiplies several), and one stream comes faster from L3 than
+ * four.  Batch 1, Zen 4, VNNI: decode +10% (char LSTM 2x512, 1 MB matrices) and +15% (word
+ * LSTM 2x650; AVX2 +2% and +4%); 4 matrices of 512 KB in turn 72 -> 79 GMAC/s, but one
+ * alone, which L2 keeps, 94 -> 88, and 4 of 256 KB in turn 78 -> 73, hence the bound. */
+#define FL_I8_STREAM_BYTES (512u << 10)
+
+/* fl_i8_block_scalar on the tiles, walked as fl_matmul_avx2 walks them (one row: see
+ * FL_I8_STREAM_BYTES); xq as fl_i8_quantize_row_avx2 stores it for the tiles' path. */
 static FL_AVX2 void fl_i8_block_avx2(const fl_tile_i8_fn (*tiles)[5], int mb,
                                      const fl_matrix *W, const int16_t *xq, int kp,
                                      const double *sx, const float *bias, int accumulate,
@@ -613,11 +664,12 @@ static FL_AVX2 void fl_i8_block_avx2(const fl_tile_i8_fn (*tiles)[5], int mb,
 {
     int np = (W->n + FL_PANEL - 1) / FL_PANEL;
     int group = fl_panel_group((size_t)kp * FL_PANEL);
+    int stream = (size_t)np * FL_PANEL * kp >= FL_I8_STREAM_BYTES;
     for (int g0 = 0; g0 < np; g0 += group) {
         int g1 = g0 + group < np ? g0 + group : np;
         for (int r0 = 0; r0 < mb; r0 += 6) {
             int mr = mb - r0 < 6 ? mb - r0 : 6;
-            int tp = fl_tile_panels(mr);
+            int tp = mr == 1 && stream ? 1 : fl_tile_panels(mr);
             for (int p = g0; p < g1; p += tp) {
                 int cnt = g1 - p < tp ? g1 - p : tp;
                 tiles[mr][cnt](W, p, xq + (size_t)r0 * kp, kp, sx + r0, bias, accumulate,
@@ -672,7 +724,8 @@ static inline int fl_matmul_has_avx2(void)
 }
 
 /* fl_matmul for int8 weights (see "int8 weights"): x quantized up to FL_I8_BLOCK rows at a
- * time into a buffer on the stack, then the tiles of `isa` or the scalar loop per block. */
+ * time into a 32 KB buffer on the stack (as int16 in k order for the scalar loop, as
+ * fl_i8_arrange says for the tiles), then the tiles of `isa` or the scalar loop per block. */
 static void fl_matmul_i8(int m, const fl_matrix *W, const float *x, int ldx, const float *bias,
                          int accumulate, float *y, int ldy, int isa)
 {
@@ -694,7 +747,7 @@ static void fl_matmul_i8(int m, const fl_matrix *W, const float *x, int ldx, con
             int16_t *qr = xq + (size_t)i * kp;
 #if FL_HAVE_AVX2_PATH
             if (isa >= FL_ISA_AVX2) {
-                sx[i] = fl_i8_quantize_row_avx2(xr, k, kp, qr);
+                sx[i] = fl_i8_quantize_row_avx2(xr, k, kp, qr, isa == FL_ISA_AVX512);
                 continue;
             }
 #endif
@@ -770,6 +823,7 @@ static inline void fl_matmul_part(int part, int parts, int m, const fl_matrix *W
     sub.panels = (const char *)W->panels +
                  (size_t)p0 * FL_PANEL * fl_packed_k(W->type, W->k) * fl_wtype_size(W->type);
     sub.scale = W->scale ? W->scale + j0 : NULL;
+    sub.qsum = W->qsum ? W->qsum + j0 : NULL;
     sub.n = j1 - j0;
     fl_matmul(m, &sub, x, ldx, bias ? bias + j0 : NULL, accumulate, y + j0, ldy);
 }

@@ -5,7 +5,7 @@
 # over k (int8: an exact sum), so a row's result is bitwise the same whatever else is
 # computed with it (BLAS's is not).  See matmul.h for the layout and the int8 arithmetic.
 
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 
 cdef extern from "matmul.h" nogil:
     cdef enum fl_wtype:
@@ -17,6 +17,7 @@ cdef extern from "matmul.h" nogil:
     ctypedef struct fl_matrix:
         const void *panels   # fl_packed_size(type, n, k) elements of `type`, 64-byte aligned
         const float *scale   # (n,) int8 only; NULL otherwise
+        const int32_t *qsum  # (n,) int8 only: sum over k of each output's q; NULL otherwise
         int type
         int n
         int k

@@ -1,7 +1,7 @@
 # A stack of recurrent layers as the kernels see it: raw pointers into the arrays of
 # fastlstm.pack.PackedLayer, which the Python side keeps alive for the duration of a call.
 
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
@@ -226,7 +226,7 @@ cdef inline int fill_matrix(fl_matrix *m, object packed, str name, bint optional
     if packed is None:
         if not optional:
             raise ValueError(f"{name} is required")
-        m.panels, m.scale, m.type, m.n, m.k = NULL, NULL, 0, 0, 0
+        m.panels, m.scale, m.qsum, m.type, m.n, m.k = NULL, NULL, NULL, 0, 0, 0
         return 0
     panels = packed.panels
     m.type = TYPE_CODES[packed.dtype]
@@ -239,10 +239,16 @@ cdef inline int fill_matrix(fl_matrix *m, object packed, str name, bint optional
         raise ValueError(f"{name}: panels of the wrong size or alignment")
     m.panels = <const void *> <size_t> panels.ctypes.data
     m.scale = NULL
+    m.qsum = NULL
     if m.type == FL_I8:
         if packed.scale is None or packed.scale.shape != (m.n,):
             raise ValueError(f"{name}: int8 weights need one scale per output")
         m.scale = float_ptr(packed.scale, f"{name} scale")
+        qsum = packed.qsum
+        if (qsum is None or qsum.dtype != np.int32 or qsum.shape != (m.n,)
+                or not qsum.flags.c_contiguous):
+            raise ValueError(f"{name}: int8 weights need one int32 qsum per output")
+        m.qsum = <const int32_t *> <size_t> qsum.ctypes.data
     return 0
 
 

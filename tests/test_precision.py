@@ -155,6 +155,24 @@ def test_int8_kernel_rows_longer_than_its_buffer(vector_path):
         np.testing.assert_array_equal(bits(y), bits(int8_products(x, stored, bias)))
 
 
+def test_int8_kernel_one_row_on_a_large_matrix(vector_path):
+    """A single row on a matrix of 512 KB and more runs the one-panel tile (matmul.h's
+    FL_I8_STREAM_BYTES), two quads at a time: the same bits as the definition and as the
+    row computed among others; k = 1029 leaves an odd quad and a padded one."""
+    n, k = 1030, 1029
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, k), dtype=np.float32)
+    bias = rng.standard_normal(n, dtype=np.float32)
+    stored = convert(weights(n, k), "int8")
+    packed = pack_matrix(stored)
+    assert packed.panels.nbytes >= 512 * 1024
+    expected = int8_products(x, stored, bias)
+    for r in range(3):
+        y = _matmul.matmul(x[r:r + 1], packed, bias)
+        np.testing.assert_array_equal(bits(y), bits(expected[r:r + 1]))
+    np.testing.assert_array_equal(bits(_matmul.matmul(x, packed, bias)), bits(expected))
+
+
 @pytest.mark.parametrize("force_scalar", [False, True])
 def test_int8_kernel_strided_rows_bias_and_accumulate(force_scalar, vector_path):
     """70 rows (two blocks of quantized x) read from a wider array whose NaN padding must not
@@ -189,18 +207,22 @@ def test_int8_kernel_rows_with_inf_or_nan_give_nan(vector_path):
         np.testing.assert_array_equal(bits(y[[0, 2]]), bits(clean))
 
 
-@pytest.mark.parametrize("n, k", [(1, 1), (17, 3), (40, 8)])
+@pytest.mark.parametrize("n, k", [(1, 1), (17, 3), (40, 8), (33, 13)])
 def test_int8_panel_layout(n, k):
-    """int8 panel rows hold pairs of k (what vpmaddwd multiplies): panels[p][kk // 2][l][kk % 2]
-    = q[16p + l, kk], with k padded to even and n to 16 by zeros."""
+    """int8 panels hold quads of k (what vpdpbusd multiplies per 32-bit lane): 64 bytes per
+    quad, outputs 0..7 then 8..15, panels[p][kk // 4][l // 8][l % 8][kk % 4] = q[16p + l, kk],
+    with k padded to a multiple of 4 and n to 16 by zeros; qsum[j] = sum_kk q[j, kk]."""
     stored = convert(weights(n, k), "int8")
-    packed = pack_matrix(stored).panels
-    panels, kp = -(-n // 16), k + k % 2
+    matrix = pack_matrix(stored)
+    packed = matrix.panels
+    panels, kp = -(-n // 16), -(-k // 4) * 4
     assert packed.shape == (_matmul.packed_size(n, k, "int8"),) == (panels * kp * 16,)
     q = np.zeros((panels * 16, kp), np.int8)
     q[:n, :k] = stored.data
-    layout = packed.reshape(panels, kp // 2, 16, 2)  # [p][kk // 2][l][kk % 2]
-    np.testing.assert_array_equal(layout.transpose(0, 2, 1, 3).reshape(panels * 16, kp), q)
+    layout = packed.reshape(panels, kp // 4, 2, 8, 4)  # [p][kk // 4][l // 8][l % 8][kk % 4]
+    np.testing.assert_array_equal(layout.transpose(0, 2, 3, 1, 4).reshape(panels * 16, kp), q)
+    assert matrix.qsum.dtype == np.int32 and matrix.qsum.shape == (n,)
+    np.testing.assert_array_equal(matrix.qsum, stored.data.astype(np.int64).sum(axis=1))
 
 
 @pytest.mark.parametrize("dtype", REDUCED)
@@ -232,6 +254,9 @@ def test_kernel_refuses_mismatched_panels():
     int8 = pack_matrix(convert(weights(20, 8), "int8"))
     with pytest.raises(ValueError, match="scale"):
         _matmul.matmul(np.ones((1, 8), np.float32), dataclasses.replace(int8, scale=None))
+    for qsum in (None, int8.qsum[:-1], int8.qsum.astype(np.int64)):
+        with pytest.raises(ValueError, match="qsum"):
+            _matmul.matmul(np.ones((1, 8), np.float32), dataclasses.replace(int8, qsum=qsum))
     with pytest.raises(ValueError, match="empty matrix"):  # k = 0 never reaches the kernels
         _matmul.matmul(np.ones((1, 0), np.float32),
                        dataclasses.replace(int8, k=0, panels=int8.panels[:0]))
