@@ -18,9 +18,9 @@ import numpy as np
 from fastlstm import _forecast, _rnn, isa
 from fastlstm.config import ForecasterConfig
 from fastlstm.model import State, state_buffers
-from fastlstm.pack import pack_layers, pack_matrix
+from fastlstm.pack import pack_layers, pack_matrix, step_weights
 from fastlstm.precision import check_dtype, convert
-from fastlstm.threads import resolve_num_threads
+from fastlstm.threads import call_threads, resolve_num_threads
 from fastlstm.weights import ForecasterWeights
 
 __all__ = ["Forecaster"]
@@ -56,6 +56,7 @@ class Forecaster:
         head = convert(weights.head_weight, dtype, "the head")  # (outputs, out)
         self._head = pack_matrix(head)
         self._head_weight = head.data if blas else None  # (outputs, out) row-major, for BLAS
+        self._step_weights = step_weights(self._layers, self._head)
         self._head_bias = (None if weights.head_bias is None
                            else np.ascontiguousarray(weights.head_bias, dtype=np.float32))
 
@@ -81,6 +82,9 @@ class Forecaster:
                 f"hidden={c.hidden_size}{proj}, outputs={c.output_size}, "
                 f"params={c.num_parameters:,}, dtype={self.dtype}, threads={self.num_threads}, "
                 f"kernels={self.kernel_path})")
+
+    def _threads(self, batch: int) -> int:
+        return call_threads(self.num_threads, batch, self._step_weights)
 
     def initial_state(self, batch_size: int = 1) -> State:
         """Zeros, in PyTorch's layout: LSTM (h, c), else h; (num_layers, batch, size)."""
@@ -136,7 +140,7 @@ class Forecaster:
         y = np.empty((batch, steps, self.config.output_size), np.float32)
         _rnn.forward(self.config.rnn_type, self._layers, h=h, c=c, x=series, logits=y,
                      head=self._head, head_w=self._head_weight, head_b=self._head_bias,
-                     num_threads=self.num_threads)
+                     num_threads=self._threads(batch))
         if unbatched:
             return y[0], _unbatched_state(h, c)
         return y, ((h, c) if c is not None else h)
@@ -175,10 +179,10 @@ class Forecaster:
         # The history: one product per layer for its input projections (on the panels, so
         # the result does not depend on the batch or the threads); only the state is kept.
         _rnn.forward(cfg.rnn_type, self._panel_layers, h=h, c=c, x=series,
-                     num_threads=self.num_threads)
+                     num_threads=self._threads(batch))
         out = np.empty((batch, int(steps), cfg.input_size), np.float32)
         _forecast.forecast(cfg.rnn_type, self._layers, head=self._head, head_b=self._head_bias,
-                           h=h, c=c, out=out, num_threads=self.num_threads)
+                           h=h, c=c, out=out, num_threads=self._threads(batch))
         return out[0] if unbatched else out
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from fastlstm import _generate, _rnn
 from fastlstm.sampling import GenerationParams, check_output_fits
+from fastlstm.threads import call_threads
 
 
 class Decoder:
@@ -69,8 +70,10 @@ class Decoder:
                 self.seen[p * n:(p + 1) * n, prompt] = 1
 
         # Thread t owns slots [slot_begin[t], slot_begin[t+1]); its running rows come first.
-        # With fewer rows than threads, the threads form one team that shares every product
-        # of all rows instead (the same bits either way).
+        # With fewer rows than threads (and steps big enough to share, threads.call_threads),
+        # the threads form one team that shares every product of all rows instead (the same
+        # bits either way).
+        num_threads = call_threads(num_threads, rows, model._step_weights)
         self.team_size = num_threads if rows < num_threads else 1
         threads = max(1, min(num_threads, rows)) if self.team_size == 1 else 1
         self.slot_begin = np.array([t * rows // threads for t in range(threads + 1)], np.intc)
@@ -116,7 +119,8 @@ def _prefill(model, prompts: list[list[int]], copies: int):
         offsets = np.cumsum([0] + [len(prompts[p]) - 1 for p in heads]).astype(np.int64)
         gh, gc = h[heads], (c[heads] if c is not None else None)
         _rnn.prefill(cfg.rnn_type, model._layers, ids=ids, offsets=offsets, h=gh, c=gc,
-                     **model._layer0_input(), num_threads=model.num_threads)
+                     **model._layer0_input(),
+                     num_threads=call_threads(model.num_threads, len(heads), model._step_weights))
         h[heads] = gh
         if c is not None:
             c[heads] = gc

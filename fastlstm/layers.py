@@ -13,8 +13,8 @@ import numpy as np
 
 from fastlstm import _rnn, isa
 from fastlstm.model import state_buffers
-from fastlstm.pack import pack_layers
-from fastlstm.threads import resolve_num_threads
+from fastlstm.pack import pack_layers, step_weights
+from fastlstm.threads import call_threads, resolve_num_threads
 from fastlstm.weights import find_recurrent_layers
 
 
@@ -94,7 +94,7 @@ class _Recurrent:
                              self.hidden_size)
         out = np.empty((batch, steps, self.output_size), np.float32)
         _rnn.forward(self.rnn_type, self._layers, h=h, c=c, x=x, y=out,
-                     num_threads=self.num_threads)
+                     num_threads=call_threads(self.num_threads, batch, step_weights(self._layers)))
         if unbatched:
             out, h = out[0], h[:, 0]
             c = c[:, 0] if c is not None else None

@@ -10,10 +10,10 @@ import numpy as np
 from fastlstm import _rnn, isa
 from fastlstm import generation
 from fastlstm.config import ModelConfig
-from fastlstm.pack import input_table, pack_layers, pack_matrix
+from fastlstm.pack import input_table, pack_layers, pack_matrix, step_weights
 from fastlstm.precision import DTYPES, check_dtype, convert
 from fastlstm.sampling import GenerationParams
-from fastlstm.threads import resolve_num_threads
+from fastlstm.threads import call_threads, resolve_num_threads
 from fastlstm.weights import ForecasterWeights, ModelWeights, read_model_file
 
 if TYPE_CHECKING:
@@ -105,6 +105,7 @@ class Model:
         head = convert(weights.head_weight, dtype, "the head")  # (V, out)
         self._head = pack_matrix(head)
         self._head_weight = head.data if blas else None  # (V, out) row-major, for BLAS
+        self._step_weights = step_weights(self._layers, self._head)
         self._head_bias = (None if weights.head_bias is None
                            else np.ascontiguousarray(weights.head_bias, dtype=np.float32))  # (V,)
         embedding = convert(weights.embedding, dtype, "the embedding")  # (V, E)
@@ -185,7 +186,7 @@ class Model:
         _rnn.forward(cfg.rnn_type, self._layers, h=h, c=c, ids=ids, **self._layer0_input(),
                      logits=logits, head=self._head, head_w=self._head_weight,
                      head_b=self._head_bias,
-                     num_threads=self.num_threads)
+                     num_threads=call_threads(self.num_threads, batch, self._step_weights))
         return logits, ((h, c) if c is not None else h)
 
     # -- generation -------------------------------------------------------------------------

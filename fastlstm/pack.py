@@ -160,3 +160,10 @@ def input_table(embedding: np.ndarray, w_ih: np.ndarray, bias_x: np.ndarray,
     if vocab * gates_hidden > budget:
         return None
     return _c_float32(embedding.astype(np.float64) @ w_ih.T.astype(np.float64) + bias_x)
+
+
+def step_weights(layers: list[PackedLayer], head: PackedMatrix | None = None) -> int:
+    """Weights one time step of one sequence multiplies: every layer's matrices, the head's."""
+    matrices = [head] + [m for layer in layers for m in
+                         (layer.w_ih_panels, layer.w_hh_panels, layer.w_hr_panels, layer.w_hn_panels)]
+    return sum(m.n * m.k for m in matrices if m is not None)

@@ -53,6 +53,8 @@ cdef extern from "team.h" nogil:
     void fl_set_team_solo_until(long long t)
     int fl_get_team_lagging()
     void fl_set_team_lagging(int windows)
+    long long fl_get_team_solo_ns()
+    void fl_set_team_solo_ns(long long ns)
 
 
 cdef struct Team:
@@ -98,7 +100,9 @@ cdef inline void sync_after_solo(const Team *team) noexcept nogil:
 # thread 0 looks at how long the team waits (team.h counts it).  When some thread waited
 # most of LAGGING_WINDOWS windows in a row (one alone can be a passing hiccup: a virtual
 # machine's core can vanish for a few ms), it works alone for a while (a step then costs at
-# most twice the team's), the others waiting at one barrier, and then tries the team again.
+# most twice the team's), the others waiting at one barrier, and then tries the team again:
+# alone for 20 ms the first time, twice as long each time the team is still found lagging
+# (up to 320 ms), so that a brief load costs little and a lasting one is rarely retried.
 # The count of lagging windows and the time alone are kept per module, across calls, so
 # that short calls (a stream's chunks) add up to a judgement too.  The split changes no
 # bits, so neither does the switch.
@@ -106,7 +110,8 @@ cdef enum:
     TEAM_WINDOW_NS = 2_000_000   # waiting is judged over windows of 2 ms...
     TEAM_LAST_WINDOW_NS = 500_000  # ...and over a call's last 0.5 ms or more
     LAGGING_WINDOWS = 3
-    SOLO_NS = 200_000_000        # thread 0 then works alone for 200 ms
+    SOLO_MIN_NS = 20_000_000     # thread 0 then works alone for 20 ms, 40, ... 320 ms
+    SOLO_MAX_NS = 320_000_000
 
 
 cdef inline long long team_take_waits(Team *team) noexcept nogil:
@@ -123,11 +128,16 @@ cdef inline bint team_judge_window(Team *team, long long now) noexcept nogil:
     """Thread 0: judge the window since team.since (lagging or not) and start a new one;
     True if the team should now work alone (and then until when is set)."""
     cdef long long elapsed = now - team.since
+    cdef long long alone
     cdef int lagging = fl_get_team_lagging() + 1 if 2 * team_take_waits(team) > elapsed else 0
     fl_set_team_lagging(lagging if lagging < LAGGING_WINDOWS else 0)
+    if lagging == 0:
+        fl_set_team_solo_ns(SOLO_MIN_NS)  # the team ran well: a next time alone starts short
     if lagging < LAGGING_WINDOWS:
         return False
-    team.solo_until = now + SOLO_NS
+    alone = max(fl_get_team_solo_ns(), SOLO_MIN_NS)
+    fl_set_team_solo_ns(min(2 * alone, SOLO_MAX_NS))
+    team.solo_until = now + alone
     fl_set_team_solo_until(team.solo_until)
     return True
 
@@ -150,8 +160,8 @@ cdef inline bint team_wants_solo(Team *team) noexcept nogil:
 
 cdef inline bint team_solo_now() noexcept nogil:
     """Whether a call about to form a team should run on one thread instead: a team of
-    this module was found lagging less than SOLO_NS ago (forming one would cost a wait for
-    every member at the start and the end of the call)."""
+    this module was found lagging, and its time alone is not over (forming one would cost a
+    wait for every member at the start and the end of the call)."""
     return fl_now_ns() < fl_get_team_solo_until()
 
 

@@ -147,12 +147,24 @@ static inline long long fl_team_take_wait(fl_team *team, int t)
     return __atomic_exchange_n(&team->waited[t], 0, __ATOMIC_RELAXED);
 }
 
-/* Until when (CLOCK_MONOTONIC, ns) the teams of this module let thread 0 work alone, and
- * how many windows in a row they were found lagging: kept across calls (stack.pxd's
+/* Until when (CLOCK_MONOTONIC, ns) the teams of this module let thread 0 work alone, how
+ * many windows in a row they were found lagging, and how long the next time alone lasts:
+ * kept across calls (stack.pxd's
  * team_wants_solo), so that short calls (a stream's chunks) add up to a judgement and do
  * not each pay to find it out again.  Relaxed atomics: any recent value will do. */
 static long long fl_team_solo_until = 0;
 static int fl_team_lagging = 0;
+static long long fl_team_solo_ns = 0; /* how long the next time alone lasts (0: the shortest) */
+
+static inline long long fl_get_team_solo_ns(void)
+{
+    return __atomic_load_n(&fl_team_solo_ns, __ATOMIC_RELAXED);
+}
+
+static inline void fl_set_team_solo_ns(long long ns)
+{
+    __atomic_store_n(&fl_team_solo_ns, ns, __ATOMIC_RELAXED);
+}
 
 static inline int fl_get_team_lagging(void)
 {

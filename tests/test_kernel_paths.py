@@ -49,6 +49,13 @@ def model_files(tmp_path_factory):
     return paths
 
 
+@pytest.fixture(autouse=True)
+def teams_for_small_models(monkeypatch):
+    """These models are small: let two threads share one sequence anyway (threads.py would
+    give it one thread), so that the team split is what batch 1 tests."""
+    monkeypatch.setattr(fastlstm.threads, "TEAM_MIN_WEIGHTS", 0)
+
+
 @pytest.fixture
 def on_path():
     """on_path(name) runs the kernels on `name` until the test ends."""
@@ -100,6 +107,15 @@ def test_every_path_and_thread_count_gives_the_portable_bits(model_files, on_pat
             if (path, threads) != ("portable", 1):
                 assert_same_bits(run_everything(model_files[name], dtype, threads), reference,
                                  f"{path}, {threads} threads")
+
+
+def test_threads_share_a_sequence_only_when_its_steps_are_big_enough(monkeypatch):
+    monkeypatch.undo()  # the real threshold
+    from fastlstm.threads import TEAM_MIN_WEIGHTS, call_threads
+    assert call_threads(2, 1, TEAM_MIN_WEIGHTS) == 2  # a team
+    assert call_threads(2, 1, TEAM_MIN_WEIGHTS - 1) == 1  # one thread, the row's own
+    assert call_threads(4, 3, 10) == 3 and call_threads(2, 64, 10) == 2  # rows for every thread
+    assert fastlstm.load()._step_weights > TEAM_MIN_WEIGHTS  # the bundled model shares
 
 
 def test_the_fastest_path_is_the_default_and_models_say_which():
