@@ -55,6 +55,7 @@ cdef extern from "team.h" nogil:
     void fl_set_team_lagging(int windows)
     long long fl_get_team_solo_ns()
     void fl_set_team_solo_ns(long long ns)
+    int fl_team_window_add(long long elapsed, long long wait, long long window_ns)
 
 
 cdef struct Team:
@@ -97,25 +98,26 @@ cdef inline void sync_after_solo(const Team *team) noexcept nogil:
 # When other processes take the team's cores, a member is off its core for a scheduler
 # time slice (milliseconds) at a time, and every barrier waits for it: beside one busy
 # process on two cores, two threads decoded 8x and prefilled 5x slower than one.  So
-# thread 0 looks at how long the team waits (team.h counts it).  When some thread waited
-# most of LAGGING_WINDOWS windows in a row (one alone can be a passing hiccup: a virtual
-# machine's core can vanish for a few ms), it works alone for a while (a step then costs at
-# most twice the team's), the others waiting at one barrier, and then tries the team again:
-# alone for 20 ms the first time, twice as long each time the team is still found lagging
-# (up to 320 ms), so that a brief load costs little and a lasting one is rarely retried.
-# The count of lagging windows and the time alone are kept per module, across calls, so
-# that short calls (a stream's chunks) add up to a judgement too.  The split changes no
-# bits, so neither does the switch.
+# thread 0 looks at how long the team waits (team.h counts it), over windows of 4 ms of
+# team time.  When some thread waited more than half of LAGGING_WINDOWS windows in a row
+# (one alone can be a passing hiccup: on a virtual machine a core can vanish for a 4 ms
+# scheduler tick now and then, with no other process in sight), thread 0 works alone for a
+# while (a step then costs at most twice the team's), the others waiting at one barrier,
+# and then tries the team again: alone for 20 ms the first time, twice as long each time
+# the team is still found lagging (up to 320 ms), so that a brief load costs little and a
+# lasting one is rarely retried.  The window, the count of lagging windows and the time
+# alone are kept per module, across calls, so that short calls (a stream's chunks) add up
+# to a judgement too.  The split changes no bits, so neither does the switch.
 cdef enum:
-    TEAM_WINDOW_NS = 2_000_000   # waiting is judged over windows of 2 ms...
-    TEAM_LAST_WINDOW_NS = 500_000  # ...and over a call's last 0.5 ms or more
+    TEAM_CHECK_NS = 1_000_000    # thread 0 adds the team's waits to the window every 1 ms...
+    TEAM_WINDOW_NS = 4_000_000   # ...and at the end of a call; a window holds 4 ms
     LAGGING_WINDOWS = 3
     SOLO_MIN_NS = 20_000_000     # thread 0 then works alone for 20 ms, 40, ... 320 ms
     SOLO_MAX_NS = 320_000_000
 
 
 cdef inline long long team_take_waits(Team *team) noexcept nogil:
-    """Thread 0: the longest wait of any thread since the last call, and a new window."""
+    """Thread 0: the longest wait of any thread since the last call, and a new stretch."""
     cdef long long most = 0
     cdef int t
     for t in range(team.size):
@@ -124,12 +126,16 @@ cdef inline long long team_take_waits(Team *team) noexcept nogil:
     return most
 
 
-cdef inline bint team_judge_window(Team *team, long long now) noexcept nogil:
-    """Thread 0: judge the window since team.since (lagging or not) and start a new one;
-    True if the team should now work alone (and then until when is set)."""
+cdef inline bint team_add_to_window(Team *team, long long now) noexcept nogil:
+    """Thread 0: add the team time since team.since, and its longest wait, to the module's
+    window; once the window is full, judge it (lagging or not).  True if thread 0 should
+    now work alone (and then until when is set)."""
     cdef long long elapsed = now - team.since
+    cdef int lagged = fl_team_window_add(elapsed, team_take_waits(team), TEAM_WINDOW_NS)
     cdef long long alone
-    cdef int lagging = fl_get_team_lagging() + 1 if 2 * team_take_waits(team) > elapsed else 0
+    if lagged < 0:
+        return False
+    cdef int lagging = fl_get_team_lagging() + 1 if lagged else 0
     fl_set_team_lagging(lagging if lagging < LAGGING_WINDOWS else 0)
     if lagging == 0:
         fl_set_team_solo_ns(SOLO_MIN_NS)  # the team ran well: a next time alone starts short
@@ -153,9 +159,9 @@ cdef inline bint team_wants_solo(Team *team) noexcept nogil:
     if team.since == 0:
         team_take_waits(team)
         return False
-    if t - team.since < TEAM_WINDOW_NS:
+    if t - team.since < TEAM_CHECK_NS:
         return False
-    return team_judge_window(team, t)
+    return team_add_to_window(team, t)
 
 
 cdef inline bint team_solo_now() noexcept nogil:
@@ -166,11 +172,10 @@ cdef inline bint team_solo_now() noexcept nogil:
 
 
 cdef inline void team_end(Team *team) noexcept nogil:
-    """Thread 0, when the team's call is done: judge the last window if long enough."""
+    """Thread 0, when the team's call is done: add its last stretch to the window."""
     cdef long long t = fl_now_ns()
-    if team.size > 1 and team.since != 0 and t >= team.solo_until and \
-            t - team.since >= TEAM_LAST_WINDOW_NS:
-        team_judge_window(team, t)
+    if team.size > 1 and team.since != 0 and t >= team.solo_until:
+        team_add_to_window(team, t)
 
 
 cdef inline bint team_solo_over(const Team *team) noexcept nogil:

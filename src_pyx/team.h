@@ -148,13 +148,32 @@ static inline long long fl_team_take_wait(fl_team *team, int t)
 }
 
 /* Until when (CLOCK_MONOTONIC, ns) the teams of this module let thread 0 work alone, how
- * many windows in a row they were found lagging, and how long the next time alone lasts:
- * kept across calls (stack.pxd's
- * team_wants_solo), so that short calls (a stream's chunks) add up to a judgement and do
- * not each pay to find it out again.  Relaxed atomics: any recent value will do. */
+ * many windows in a row they were found lagging, how long the next time alone lasts, and
+ * the window being filled (team time, and the longest waits in it): kept across calls
+ * (stack.pxd's team_wants_solo), so that short calls (a stream's chunks) add up to a
+ * judgement and do not each pay to find it out again.  Relaxed atomics: any recent value
+ * will do. */
 static long long fl_team_solo_until = 0;
 static int fl_team_lagging = 0;
 static long long fl_team_solo_ns = 0; /* how long the next time alone lasts (0: the shortest) */
+static long long fl_team_window_ns = 0;
+static long long fl_team_window_wait_ns = 0;
+
+/* Adds `elapsed` ns of team time, in which some thread waited `wait` ns, to the window.
+ * Once the window holds `window_ns`, returns whether waiting took more than half of it
+ * (1 or 0) and starts a new one; until then, -1. */
+static inline int fl_team_window_add(long long elapsed, long long wait, long long window_ns)
+{
+    long long span, waited;
+    __atomic_add_fetch(&fl_team_window_wait_ns, wait, __ATOMIC_RELAXED);
+    if (__atomic_add_fetch(&fl_team_window_ns, elapsed, __ATOMIC_RELAXED) < window_ns)
+        return -1;
+    span = __atomic_exchange_n(&fl_team_window_ns, 0, __ATOMIC_RELAXED);
+    waited = __atomic_exchange_n(&fl_team_window_wait_ns, 0, __ATOMIC_RELAXED);
+    if (span < window_ns) /* another call judged it just now */
+        return -1;
+    return 2 * waited > span;
+}
 
 static inline long long fl_get_team_solo_ns(void)
 {
