@@ -13,11 +13,10 @@ and must be caught: proof that the measurement can fail.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
+from memory_probe import MemoryProbe, growth_mb, malloc_growth, rss_steps, run_workers  # tests/
 
 GENERATE_CALLS = 10_000
 WARMUP_CALLS = 300
@@ -48,37 +47,13 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 # Runs in the child process: `python test_memory.py CALLS WARMUP LEAK_BYTES`; prints JSON.
 
 def _worker(calls: int, warmup: int, leak_bytes: int) -> dict:
-    import ctypes
     import gc
     import tempfile
 
     import fastlstm
     from exploding_relu import write_exploding_relu  # tests/, on sys.path here
 
-    page = os.sysconf("SC_PAGE_SIZE")
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype = ctypes.c_void_p
-
-    def rss() -> int:
-        # The allocator keeps freed pages resident for reuse, and a leak would first fill
-        # them without growing RSS (by ~6 MB here, more after other work): give them back
-        # first, so RSS counts memory in use.  Leaked blocks are in use: never trimmed.
-        libc.malloc_trim(0)
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * page
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-            "uordblks", "fordblks", "keepcost")]
-
-    def malloc_in_use() -> int | None:
-        """Bytes malloc has handed out and not had back (glibc's mallinfo2: all arenas)."""
-        if not hasattr(libc, "mallinfo2"):  # glibc < 2.33
-            return None
-        libc.mallinfo2.restype = MallInfo2
-        info = libc.mallinfo2()
-        return info.uordblks + info.hblkhd
+    probe = MemoryProbe()
 
     m1 = fastlstm.load(num_threads=1)
     m2 = fastlstm.load(num_threads=2)
@@ -142,20 +117,20 @@ def _worker(calls: int, warmup: int, leak_bytes: int) -> dict:
         if i % 5 == 0:
             other[(i // 5) % len(other)]()
         if leak_bytes:
-            ctypes.memset(libc.malloc(leak_bytes), 1, leak_bytes)  # never freed
+            probe.leak(leak_bytes)
             kept.append(object())
 
     for i in range(warmup):
         one_round(i)
     gc.collect()
-    before, in_use_before, blocks_before = rss(), malloc_in_use(), sys.getallocatedblocks()
+    before, in_use_before, blocks_before = probe.rss(), probe.malloc_in_use(), sys.getallocatedblocks()
     samples = []
     for i in range(calls):
         one_round(i)
         if (i + 1) % (calls // 5) == 0:
-            samples.append(rss())
+            samples.append(probe.rss())
     gc.collect()
-    after, in_use_after, blocks_after = rss(), malloc_in_use(), sys.getallocatedblocks()
+    after, in_use_after, blocks_after = probe.rss(), probe.malloc_in_use(), sys.getallocatedblocks()
     return {"fastlstm": fastlstm.__file__, "before": before, "after": after,
             "samples": samples, "blocks_growth": blocks_after - blocks_before,
             "malloc_growth": None if in_use_before is None else in_use_after - in_use_before}
@@ -164,56 +139,26 @@ def _worker(calls: int, warmup: int, leak_bytes: int) -> dict:
 # --------------------------------------------------------------------------- the tests
 
 
-def _start(leak_bytes: int) -> subprocess.Popen:
-    """The worker in a fresh interpreter that imports what this process imports."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p or os.curdir) for p in sys.path)
-    env.setdefault("OMP_WAIT_POLICY", "passive")  # two workers share the machine's cores
-    return subprocess.Popen(
-        [sys.executable, __file__, str(GENERATE_CALLS), str(WARMUP_CALLS), str(leak_bytes)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.fixture(scope="module")
 def runs():
     """Both workers at once (clean, leaking): {leak_bytes: result}."""
-    import fastlstm
-
-    procs = {0: _start(0), LEAK_BYTES: _start(LEAK_BYTES)}
-    results = {}
-    for leak, proc in procs.items():
-        try:
-            out, err = proc.communicate(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            for p in procs.values():
-                p.kill()
-            raise
-        assert proc.returncode == 0, f"worker (leak {leak}) failed:\n{err}"
-        result = json.loads(out.strip().splitlines()[-1])
-        assert result["fastlstm"] == fastlstm.__file__, "the worker imported another fastlstm"
-        results[leak] = result
-    return results
-
-
-def _growth_mb(result) -> float:
-    return (result["after"] - result["before"]) / 2**20
+    calls = [str(GENERATE_CALLS), str(WARMUP_CALLS)]
+    return run_workers(__file__, {0: calls + ["0"], LEAK_BYTES: calls + [str(LEAK_BYTES)]},
+                       TIMEOUT_S)
 
 
 def _describe(result) -> str:
-    steps = " ".join(f"{(s - result['before']) / 2**20:+.2f}" for s in result["samples"])
     return (f"RSS {result['before'] / 2**20:.1f} MB after the warm-up, growth "
-            f"{_growth_mb(result):+.2f} MB after {GENERATE_CALLS} generating calls "
-            f"(every {GENERATE_CALLS // 5}: {steps}); bytes in use by malloc "
-            + ("unknown" if result["malloc_growth"] is None
-               else f"{result['malloc_growth'] / 2**20:+.3f} MB")
-            + f"; Python object blocks {result['blocks_growth']:+d}")
+            f"{growth_mb(result):+.2f} MB after {GENERATE_CALLS} generating calls "
+            f"(every {GENERATE_CALLS // 5}: {rss_steps(result)}); bytes in use by malloc "
+            f"{malloc_growth(result)}; Python object blocks {result['blocks_growth']:+d}")
 
 
 def test_ten_thousand_generate_calls_do_not_grow_rss(runs, record_property):
     result = runs[0]
-    record_property("rss_growth_mb", round(_growth_mb(result), 3))
+    record_property("rss_growth_mb", round(growth_mb(result), 3))
     print("\n" + _describe(result))
-    assert _growth_mb(result) < BOUND_MB, _describe(result)
+    assert growth_mb(result) < BOUND_MB, _describe(result)
     if result["malloc_growth"] is not None:
         assert result["malloc_growth"] / 2**20 < MALLOC_BOUND_MB, _describe(result)
     assert result["blocks_growth"] < BLOCKS_BOUND, _describe(result)
@@ -225,8 +170,8 @@ def test_the_measurement_sees_a_leak(runs):
     result = runs[LEAK_BYTES]
     print("\nwith a leak: " + _describe(result))
     expected = GENERATE_CALLS * LEAK_BYTES / 2**20
-    assert _growth_mb(result) > BOUND_MB, _describe(result)
-    assert _growth_mb(result) > 0.8 * expected, _describe(result)
+    assert growth_mb(result) > BOUND_MB, _describe(result)
+    assert growth_mb(result) > 0.8 * expected, _describe(result)
     if result["malloc_growth"] is not None:
         assert result["malloc_growth"] / 2**20 > max(MALLOC_BOUND_MB, 0.9 * expected)
     assert result["blocks_growth"] > max(BLOCKS_BOUND, 0.9 * GENERATE_CALLS), _describe(result)

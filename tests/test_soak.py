@@ -15,11 +15,10 @@ must catch: proof that it can fail.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
+from memory_probe import MemoryProbe, growth_mb, malloc_growth, rss_steps, run_workers  # tests/
 
 THREADS = 16
 WARMUP_ROUNDS = 4
@@ -42,32 +41,12 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 # Runs in the child process: `python test_soak.py LEAK_BYTES`; prints JSON.
 
 def _worker(leak_bytes: int) -> dict:
-    import ctypes
     import gc
     import threading
 
     import fastlstm
 
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype = ctypes.c_void_p
-    page = os.sysconf("SC_PAGE_SIZE")
-
-    def rss() -> int:
-        libc.malloc_trim(0)  # freed pages back first, so RSS counts memory in use
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * page
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-            "uordblks", "fordblks", "keepcost")]
-
-    def malloc_in_use() -> int | None:
-        if not hasattr(libc, "mallinfo2"):  # glibc < 2.33
-            return None
-        libc.mallinfo2.restype = MallInfo2
-        info = libc.mallinfo2()
-        return info.uordblks + info.hblkhd
+    probe = MemoryProbe()
 
     model = fastlstm.load(num_threads=2)
     tok = model.tokenizer
@@ -118,7 +97,7 @@ def _worker(leak_bytes: int) -> dict:
             if not ok:
                 mismatches.append(f"thread {t}, call {i}: differs from the call alone")
             if leak_bytes:
-                ctypes.memset(libc.malloc(leak_bytes), 1, leak_bytes)  # never freed
+                probe.leak(leak_bytes)
                 kept.append(object())
 
     def one_round():
@@ -133,13 +112,13 @@ def _worker(leak_bytes: int) -> dict:
     for _ in range(WARMUP_ROUNDS):
         one_round()
     gc.collect()
-    before, in_use_before = rss(), malloc_in_use()
+    before, in_use_before = probe.rss(), probe.malloc_in_use()
     samples = []
     for _ in range(ROUNDS):
         one_round()
-        samples.append(rss())
+        samples.append(probe.rss())
     gc.collect()
-    after, in_use_after = rss(), malloc_in_use()
+    after, in_use_after = probe.rss(), probe.malloc_in_use()
     return {"fastlstm": fastlstm.__file__, "calls": ROUNDS * THREADS * len(per_thread[0]),
             "mismatches": mismatches[:10], "mismatch_count": len(mismatches),
             "before": before, "after": after, "samples": samples,
@@ -149,46 +128,17 @@ def _worker(leak_bytes: int) -> dict:
 # --------------------------------------------------------------------------- the tests
 
 
-def _start(leak_bytes: int) -> subprocess.Popen:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p or os.curdir) for p in sys.path)
-    env.setdefault("OMP_WAIT_POLICY", "passive")  # 32 OpenMP threads share the machine's cores
-    return subprocess.Popen([sys.executable, __file__, str(leak_bytes)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.fixture(scope="module")
 def runs():
-    """Both workers at once (clean, leaking): {leak_bytes: result}."""
-    import fastlstm
-
-    procs = {0: _start(0), LEAK_BYTES: _start(LEAK_BYTES)}
-    results = {}
-    for leak, proc in procs.items():
-        try:
-            out, err = proc.communicate(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            for p in procs.values():
-                p.kill()
-            raise
-        assert proc.returncode == 0, f"worker (leak {leak}) failed:\n{err}"
-        result = json.loads(out.strip().splitlines()[-1])
-        assert result["fastlstm"] == fastlstm.__file__, "the worker imported another fastlstm"
-        results[leak] = result
-    return results
-
-
-def _growth_mb(result) -> float:
-    return (result["after"] - result["before"]) / 2**20
+    """Both workers at once (clean, leaking): {leak_bytes: result}.  32 OpenMP threads
+    share the machine's cores (passive: run_workers)."""
+    return run_workers(__file__, {0: ["0"], LEAK_BYTES: [str(LEAK_BYTES)]}, TIMEOUT_S)
 
 
 def _describe(result) -> str:
-    steps = " ".join(f"{(s - result['before']) / 2**20:+.2f}" for s in result["samples"])
-    malloc = ("unknown" if result["malloc_growth"] is None
-              else f"{result['malloc_growth'] / 2**20:+.3f} MB")
     return (f"{result['calls']} calls in {THREADS} threads: RSS {result['before'] / 2**20:.1f} "
-            f"MB after the warm-up, growth {_growth_mb(result):+.2f} MB (per round: {steps}); "
-            f"bytes in use by malloc {malloc}")
+            f"MB after the warm-up, growth {growth_mb(result):+.2f} MB (per round: "
+            f"{rss_steps(result)}); bytes in use by malloc {malloc_growth(result)}")
 
 
 def test_sixteen_threads_get_what_they_get_alone(runs):
@@ -198,9 +148,9 @@ def test_sixteen_threads_get_what_they_get_alone(runs):
 
 def test_sixteen_threads_leave_memory_flat(runs, record_property):
     result = runs[0]
-    record_property("soak_rss_growth_mb", round(_growth_mb(result), 3))
+    record_property("soak_rss_growth_mb", round(growth_mb(result), 3))
     print("\n" + _describe(result))
-    assert _growth_mb(result) < BOUND_MB, _describe(result)
+    assert growth_mb(result) < BOUND_MB, _describe(result)
     if result["malloc_growth"] is not None:
         assert result["malloc_growth"] / 2**20 < MALLOC_BOUND_MB, _describe(result)
 
@@ -211,7 +161,7 @@ def test_the_soak_measurement_sees_a_leak(runs):
     print("\nwith a leak: " + _describe(result))
     expected = result["calls"] * LEAK_BYTES / 2**20
     assert result["mismatch_count"] == 0, result["mismatches"]
-    assert _growth_mb(result) > max(BOUND_MB, 0.8 * expected), _describe(result)
+    assert growth_mb(result) > max(BOUND_MB, 0.8 * expected), _describe(result)
     if result["malloc_growth"] is not None:
         assert result["malloc_growth"] / 2**20 > max(MALLOC_BOUND_MB, 0.9 * expected)
 
