@@ -57,6 +57,7 @@ def test_predictor_called_directly(model):
     assert out["text"][2] is None and "'Ω'" in out["error"][2]
 
 
+@pytest.mark.slow  # starts a local Ray
 def test_predictor_in_map_batches_over_read_json(local_ray, tmp_path, model):
     """fastlstm batch's JSONL input read by Ray: per-row parameters arrive as columns with
     nulls where a row does not set them, and must mean what they mean to fastlstm batch."""
@@ -83,6 +84,7 @@ def test_predictor_in_map_batches_over_read_json(local_ray, tmp_path, model):
         assert r["text"] == model.generate(row["prompt"], seed=seed, **params), row
 
 
+@pytest.mark.slow  # starts a local Ray
 def test_ray_job_writes_the_single_machine_file(local_ray, tmp_path, model):
     src = write_input(tmp_path / "in.jsonl", 150)
     single = run_batch(src, tmp_path / "single.jsonl", model, seed=21, batch_size=32,
@@ -106,6 +108,7 @@ def test_ray_job_writes_the_single_machine_file(local_ray, tmp_path, model):
     assert resumed.read_bytes() == data
 
 
+@pytest.mark.slow  # starts a local Ray
 def test_cli_ray_flag(local_ray, tmp_path, capsys):
     src = tmp_path / "in.txt"
     src.write_text("ROMEO.\nJULIET.\n\nΩ\nHAMLET.\n")

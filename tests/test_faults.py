@@ -147,6 +147,7 @@ def _namespace_runner() -> list[str] | None:
     return None
 
 
+@pytest.mark.slow
 def test_disk_full_on_a_real_tmpfs(tmp_path, model):
     """A 64 KiB tmpfs fills during the job: the kernel's own short write and ENOSPC.  The
     mount lives in a mount namespace of the child process, so it ends with the child and
@@ -192,6 +193,7 @@ def test_disk_full_on_a_real_tmpfs(tmp_path, model):
 # ---------------------------------------------------------------------------- SIGTERM, Ctrl-C
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_job_resumably(tmp_path, model):
     n, chunk = 1200, 25
     src = write_jsonl(tmp_path / "in.jsonl", rows(n))
@@ -221,6 +223,7 @@ def test_sigterm_stops_the_job_resumably(tmp_path, model):
     assert out.read_bytes() == reference
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_ray_job_too(tmp_path, model):
     """ray.init makes SIGTERM exit the driver at once (status 15); --ray keeps ours."""
     n, chunk = 600, 20

@@ -29,8 +29,9 @@ from fastlstm.cli import main
 from fastlstm.ray_data import run_batch_ray
 from ray_local import local_ray  # noqa: F401  (a fixture)
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="finds Ray's actor processes in /proc")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                 reason="finds Ray's actor processes in /proc")]
 
 NAMES = ["ROMEO", "JULIET", "HAMLET", "OPHELIA", "KING LEAR", "PORTIA", "IAGO", "PUCK"]
 PARAMS = dict(max_new_tokens=30, temperature=0.8, top_p=0.9)

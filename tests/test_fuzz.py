@@ -71,6 +71,7 @@ def check(path: str, blob: bytes, rnn_type=None) -> str:
 # --------------------------------------------------------------------------- hypothesis
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=800)
 @given(name=st.sampled_from(mm.SEED_NAMES), seed=st.integers(0, 2**64 - 1),
        rnn_type=st.sampled_from([None, None, None, "LSTM", "GRU", "RNN_TANH", "RNN_RELU"]))
@@ -80,6 +81,7 @@ def test_mutation_chains(seeds, scratch, name, seed, rnn_type):
     check(scratch, blob, rnn_type)
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=500)
 @given(name=st.sampled_from(mm.SEED_NAMES), seed=st.integers(0, 2**64 - 1),
        mutator=st.sampled_from(mm.MUTATORS))

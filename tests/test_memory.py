@@ -39,8 +39,9 @@ MALLOC_BOUND_MB = 1.0
 BLOCKS_BOUND = 2_000
 TIMEOUT_S = 300
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="reads /proc/self/statm and glibc's malloc statistics")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                 reason="reads /proc/self/statm and glibc's malloc statistics")]
 
 
 # --------------------------------------------------------------------------- the worker

@@ -33,8 +33,9 @@ BOUND_MB = 3.5
 MALLOC_BOUND_MB = 1.0  # bytes malloc hands out and does not get back (glibc mallinfo2)
 TIMEOUT_S = 240
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="reads /proc/self/statm and glibc's malloc statistics")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                 reason="reads /proc/self/statm and glibc's malloc statistics")]
 
 
 # --------------------------------------------------------------------------- the worker
