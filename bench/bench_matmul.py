@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from fastlstm import _matmul  # noqa: E402
 from fastlstm.pack import pack_matrix  # noqa: E402
-from fastlstm.precision import DTYPES, convert  # noqa: E402
+from fastlstm.precision import DTYPES, store  # noqa: E402
 
 SHAPES = [(1, 2048, 512), (1, 2048, 1024), (64, 2048, 512), (64, 2048, 1024), (1, 10000, 650), (256, 2048, 64)]
 
@@ -96,7 +96,7 @@ def main():
     print("-" * len(header))
     for m, n, k in SHAPES:
         x = rng.standard_normal((m, k), dtype=np.float32)
-        stored = convert(rng.standard_normal((n, k), dtype=np.float32), args.dtype)
+        stored = store(rng.standard_normal((n, k), dtype=np.float32), args.dtype)
         w = stored.to_float32()
         packed = pack_matrix(stored)
         wt = w.T

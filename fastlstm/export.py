@@ -19,7 +19,6 @@ torch is imported inside functions only, so `import fastlstm` never imports it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -27,8 +26,8 @@ import numpy as np
 from fastlstm.config import check_rnn_type
 from fastlstm.precision import DTYPES, check_dtype
 from fastlstm.tokenizers import Tokenizer, make_tokenizer
-from fastlstm.weights import (FORMAT_VERSION, ForecasterWeights, find_forecaster_roles,
-                              find_roles, format_version, write_model_file)
+from fastlstm.file_format import FORMAT_VERSION, format_version, write_model_file
+from fastlstm.roles import ForecasterWeights, find_forecaster_roles, find_roles
 
 __all__ = ["export", "convert"]
 
@@ -151,7 +150,8 @@ def convert(path, out, *, dtype: str | None = None, rnn_type: str | None = None,
             has none); replaces the file's own.
     """
     from fastlstm.keras_reader import keras_file_kind, read_keras
-    from fastlstm.weights import check_model_tensors, read_safetensors
+    from fastlstm.file_format import read_safetensors
+    from fastlstm.weights import check_model_tensors
 
     if dtype is not None:
         dtype = check_dtype(dtype)

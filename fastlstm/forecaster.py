@@ -19,9 +19,9 @@ from fastlstm import _forecast, _rnn, isa
 from fastlstm.config import ForecasterConfig
 from fastlstm.model import State, state_buffers
 from fastlstm.pack import pack_layers, pack_matrix, step_weights
-from fastlstm.precision import check_dtype, convert
+from fastlstm.precision import check_dtype, store
 from fastlstm.threads import call_threads, resolve_num_threads
-from fastlstm.weights import ForecasterWeights
+from fastlstm.roles import ForecasterWeights
 
 __all__ = ["Forecaster"]
 
@@ -53,7 +53,7 @@ class Forecaster:
         # bitwise the same whatever else is in the batch and however many threads run.
         self._panel_layers = [replace(layer, w_ih=None, w_hh=None, w_hr=None)
                               for layer in self._layers] if blas else self._layers
-        head = convert(weights.head_weight, dtype, "the head")  # (outputs, out)
+        head = store(weights.head_weight, dtype, "the head")  # (outputs, out)
         self._head = pack_matrix(head)
         self._head_weight = head.data if blas else None  # (outputs, out) row-major, for BLAS
         self._step_weights = step_weights(self._layers, self._head)

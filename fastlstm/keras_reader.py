@@ -44,7 +44,7 @@ import zipfile
 
 import numpy as np
 
-from fastlstm.weights import format_version
+from fastlstm.file_format import format_version
 
 __all__ = ["keras_file_kind", "read_keras"]
 
@@ -90,7 +90,7 @@ def keras_file_kind(path) -> str | None:
 def read_keras(path) -> tuple[dict[str, np.ndarray], dict[str, str], str]:
     """Read a Keras model file as fastlstm tensors.
 
-    Returns (tensors, metadata, dtype) as fastlstm.weights.read_safetensors does: float32
+    Returns (tensors, metadata, dtype) as fastlstm.file_format.read_safetensors does: float32
     arrays under PyTorch's names ("embedding.weight", "rnn.weight_ih_l0", ..., "head.weight",
     "head.bias"), the metadata of a fastlstm file (format, rnn_type, and for float-input
     models kind "forecaster" with input_size and output_size), and the precision of the
@@ -456,7 +456,7 @@ def _convert(config, store) -> tuple[dict[str, np.ndarray], dict[str, str], str]
     after = layers[position + 1:]
     if not rnns:
         culprit = layers[position] if position < len(layers) else None
-        raise ValueError(f"no LSTM, GRU or SimpleRNN layer where one was expected"
+        raise ValueError("no LSTM, GRU or SimpleRNN layer where one was expected"
                          + (f": found {culprit}" if culprit else "")
                          + "; fastlstm runs Embedding (or float inputs) -> LSTM/GRU/SimpleRNN "
                          "-> Dense models")

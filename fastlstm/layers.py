@@ -15,7 +15,7 @@ from fastlstm import _rnn, isa
 from fastlstm.model import state_buffers
 from fastlstm.pack import pack_layers, step_weights
 from fastlstm.threads import call_threads, resolve_num_threads
-from fastlstm.weights import find_recurrent_layers
+from fastlstm.roles import find_recurrent_layers
 
 
 def _to_numpy(value) -> np.ndarray:

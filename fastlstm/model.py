@@ -11,10 +11,11 @@ from fastlstm import _rnn, isa
 from fastlstm import generation
 from fastlstm.config import ModelConfig
 from fastlstm.pack import input_table, pack_layers, pack_matrix, step_weights
-from fastlstm.precision import DTYPES, check_dtype, convert
+from fastlstm.precision import DTYPES, check_dtype, store
 from fastlstm.sampling import GenerationParams
 from fastlstm.threads import call_threads, resolve_num_threads
-from fastlstm.weights import ForecasterWeights, ModelWeights, read_model_file
+from fastlstm.roles import ForecasterWeights, ModelWeights
+from fastlstm.weights import read_model_file
 
 if TYPE_CHECKING:
     from fastlstm.forecaster import Forecaster
@@ -102,22 +103,22 @@ class Model:
         # their vector paths, float32 models also keep row-major copies for BLAS in forward().
         blas = dtype == "float32" and not isa.vector_kernels()
         self._layers = pack_layers(weights.recurrent, dtype, row_major=blas)
-        head = convert(weights.head_weight, dtype, "the head")  # (V, out)
+        head = store(weights.head_weight, dtype, "the head")  # (V, out)
         self._head = pack_matrix(head)
         self._head_weight = head.data if blas else None  # (V, out) row-major, for BLAS
         self._step_weights = step_weights(self._layers, self._head)
         self._head_bias = (None if weights.head_bias is None
                            else np.ascontiguousarray(weights.head_bias, dtype=np.float32))  # (V,)
-        embedding = convert(weights.embedding, dtype, "the embedding")  # (V, E)
+        embedding = store(weights.embedding, dtype, "the embedding")  # (V, E)
         # Layer 0's input projections for every token, unless that table would hold more than
         # twice the model's parameters (a word model's 10k x 4*650 table still qualifies: it
         # saves a 650 x 2600 product per token, 13% of the bytes a token reads).  It is
         # float32 in every precision, computed from the weights as `dtype` rounded them, so
         # the model computes exactly what its stored weights define; a step reads one row.
-        w_ih0 = convert(weights.recurrent.layers[0].weight_ih, dtype).to_float32()
+        w_ih0 = store(weights.recurrent.layers[0].weight_ih, dtype).to_float32()
         table = input_table(embedding.to_float32(), w_ih0, self._layers[0].bias_x,
                             2 * self.config.num_parameters)
-        self._table = None if table is None else convert(table, "float32")
+        self._table = None if table is None else store(table, "float32")
         self._embedding = embedding if table is None else None
 
     def _layer0_input(self) -> dict:

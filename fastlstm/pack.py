@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastlstm.precision import STORAGE, Stored, convert
-from fastlstm.weights import LayerWeights, RecurrentWeights
+from fastlstm.precision import STORAGE, Stored, store
+from fastlstm.roles import LayerWeights, RecurrentWeights
 
 PANEL = 16  # outputs per panel (matmul.h's FL_PANEL)
 ALIGNMENT = 64  # bytes: panels start on a cache line
@@ -50,7 +50,7 @@ class PackedMatrix:
 
 def pack_matrix(w: Stored | np.ndarray, dtype: str | None = None) -> PackedMatrix:
     """W (n, k), float32 (converted to `dtype`) or already `Stored`, packed into panels."""
-    stored = w if isinstance(w, Stored) else convert(w, dtype or "float32")
+    stored = w if isinstance(w, Stored) else store(w, dtype or "float32")
     data = stored.data
     n, k = data.shape
     padded_n = -(-n // PANEL) * PANEL
@@ -120,7 +120,7 @@ def pack_layer(rnn_type: str, hidden: int, layer: LayerWeights, dtype: str = "fl
         bias_hn = _c_float32(b_hh[2 * hidden:])
 
     def packed(w, name):
-        return None if w is None else pack_matrix(convert(w, dtype, f"{name}_l{index}"))
+        return None if w is None else pack_matrix(store(w, dtype, f"{name}_l{index}"))
 
     if rnn_type == "GRU_RESET_BEFORE":
         # n = tanh(W_in x + b_in + W_hn (r * h) + b_hn): every bias joins the input side, and

@@ -78,7 +78,7 @@ class Stored:
         return self.data.astype(np.float32)
 
 
-def convert(w: np.ndarray, dtype: str, what: str = "a weight") -> Stored:
+def store(w: np.ndarray, dtype: str, what: str = "a weight") -> Stored:
     """Store float32 `w` in `dtype` (rounding to nearest even; int8: per-row symmetric).
 
     int8 needs a 2-D `w` (one scale per row).  Raises ValueError for float16 when |w|

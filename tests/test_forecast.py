@@ -24,7 +24,7 @@ from torch import nn
 import fastlstm
 from fastlstm import isa
 from fastlstm.cli import main
-from fastlstm.precision import DTYPES, convert
+from fastlstm.precision import DTYPES, store
 from conftest import assert_close
 
 REL = 1e-4
@@ -87,7 +87,7 @@ def rounded(module: Regressor, dtype: str) -> Regressor:
     with torch.no_grad():
         for p in ref.parameters():
             if p.dim() == 2:
-                p.copy_(torch.from_numpy(convert(p.numpy(), dtype).to_float32()))
+                p.copy_(torch.from_numpy(store(p.numpy(), dtype).to_float32()))
     return ref.double().eval()
 
 

@@ -432,7 +432,7 @@ def _hostile_files(tmp_path):
     yield "valid RNN, hidden 1, E 100k, fp16", open(write(tmp_path, degenerate,
                                                           {"rnn_type": "RNN_TANH"},
                                                           "d.safetensors"), "rb").read()
-    from fastlstm.weights import read_safetensors, write_model_file
+    from fastlstm.file_format import read_safetensors, write_model_file
     as_int8 = tmp_path / "d8.safetensors"
     write_model_file(as_int8, read_safetensors(tmp_path / "d.safetensors")[0],
                      {"rnn_type": "RNN_TANH"}, "int8")
@@ -455,7 +455,7 @@ def test_memory_stays_proportional_to_the_file(tmp_path):
 
 
 def test_json_structure_counts_outside_strings():
-    js = fastlstm.tokenizers.json_structure
+    js = fastlstm.untrusted_json.json_structure
     assert js('{"a\\"[":[1,2,{}], "b":"[[,,"}') == (3, 3)
     assert js('["\\\\", [], "\\\\\\"[", {}]') == (3, 3)
     assert js("") == (0, 0)

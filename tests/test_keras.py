@@ -26,7 +26,7 @@ import pytest  # noqa: E402
 from keras import layers  # noqa: E402
 
 import fastlstm  # noqa: E402
-from fastlstm.precision import convert  # noqa: E402
+from fastlstm.precision import store  # noqa: E402
 from conftest import assert_close  # noqa: E402
 
 REL = 1e-4  # max |diff| <= REL * max |reference|
@@ -312,9 +312,9 @@ def rounded_clone(model, dtype: str):
         value = keras.ops.convert_to_numpy(weight)
         leaf = weight.path.split("/")[-1]
         if leaf == "embeddings":  # (vocab, E): PyTorch's layout already
-            value = convert(value, dtype).to_float32()
+            value = store(value, dtype).to_float32()
         elif value.ndim == 2 and leaf != "bias":  # kernels (in, out): PyTorch's transposed
-            value = convert(np.ascontiguousarray(value.T), dtype).to_float32().T
+            value = store(np.ascontiguousarray(value.T), dtype).to_float32().T
         values.append(value)
     clone.set_weights(values)
     return clone

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import fastlstm
-from fastlstm.precision import convert
+from fastlstm.precision import store
 from conftest import RNNModel, stored_model
 
 VOCAB = list("abcdefghijklmnop")
@@ -179,7 +179,7 @@ def test_every_precision_raises_at_the_overflow(exploding, dtype):
     with torch.no_grad():
         for tensor in ref.parameters():
             if tensor.ndim == 2:
-                rounded = convert(tensor.numpy().astype(np.float32), dtype).to_float32()
+                rounded = store(tensor.numpy().astype(np.float32), dtype).to_float32()
                 tensor.copy_(torch.from_numpy(rounded.astype(np.float64)))
     model = fastlstm.load(path, dtype=dtype, num_threads=1)
     for prompt in [(0,), (3, 1, 4, 1, 5)]:

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file, save_model
+from safetensors.torch import save_model
 
 import fastlstm
 from fastlstm import _matmul
 from fastlstm.pack import pack_matrix
-from fastlstm.precision import DTYPES, FLOAT16_MAX, check_dtype, convert
+from fastlstm.precision import DTYPES, FLOAT16_MAX, check_dtype, store
 from fastlstm.train import validation_rows
-from fastlstm.weights import SCALE_SUFFIX, read_safetensors, write_model_file
+from fastlstm.file_format import SCALE_SUFFIX, read_safetensors, write_model_file
 
 from conftest import RNNModel, assert_close, fma_chain, randomize_, torch_forward
 
@@ -56,20 +56,20 @@ def test_rounding_is_pytorchs(dtype, torch_dtype):
     w = weights(300, 97) * np.float32(7.0)
     w[0, :4] = [1 + 2**-9, 1 + 3 * 2**-9, 6e-8, -3e-5]  # ties and float16 subnormals
     expected = torch.from_numpy(w).to(torch_dtype).float().numpy()
-    np.testing.assert_array_equal(bits(convert(w, dtype).to_float32()), bits(expected))
+    np.testing.assert_array_equal(bits(store(w, dtype).to_float32()), bits(expected))
 
 
 def test_int8_is_symmetric_per_row_and_idempotent():
     w = weights(257, 65)
     w[3] = 0.0  # an all-zero row: scale 0, q 0
-    q = convert(w, "int8")
+    q = store(w, "int8")
     assert q.data.dtype == np.int8 and q.scale.dtype == np.float32
     assert np.abs(q.data).max(axis=1)[np.arange(257) != 3].min() == 127
     assert q.scale[3] == 0 and not q.data[3].any()
     # each value within half a step of its row's grid
     err = np.abs(q.to_float32() - w)
     assert np.all(err <= 0.5 * q.scale[:, None] * (1 + 1e-6))
-    again = convert(q.to_float32(), "int8")
+    again = store(q.to_float32(), "int8")
     np.testing.assert_array_equal(again.data, q.data)
     np.testing.assert_array_equal(bits(again.scale), bits(q.scale))
 
@@ -78,8 +78,8 @@ def test_float16_range_is_checked():
     w = weights(4, 4)
     w[1, 1] = FLOAT16_MAX * 1.01
     with pytest.raises(ValueError, match="float16's range"):
-        convert(w, "float16", "the head")
-    convert(w, "bfloat16")  # bfloat16 has float32's range
+        store(w, "float16", "the head")
+    store(w, "bfloat16")  # bfloat16 has float32's range
 
 
 def test_dtype_names():
@@ -114,7 +114,7 @@ def test_kernel_is_its_definition_on_both_paths(dtype, m, n, k, vector_path):
     x = rng.standard_normal((m, k), dtype=np.float32)
     x[0] *= 1e-30  # tiny rows are rounded to int16 on their own scale
     bias = rng.standard_normal(n, dtype=np.float32)
-    stored = convert(weights(n, k), dtype)
+    stored = store(weights(n, k), dtype)
     packed = pack_matrix(stored)
     if dtype == "int8":
         expected = int8_products(x, stored, bias)
@@ -133,7 +133,7 @@ def test_int8_kernel_sums_exactly_past_int32(vector_path):
     k = 3000
     w = np.full((20, k), 0.5, np.float32)
     w[3] = -2.0
-    stored = convert(w, "int8")
+    stored = store(w, "int8")
     assert np.all(np.abs(stored.data) == 127)
     x = np.full((5, k), 0.25, np.float32) * np.arange(1, 6, dtype=np.float32)[:, None]
     for force_scalar in (False, True):
@@ -149,7 +149,7 @@ def test_int8_kernel_rows_longer_than_its_buffer(vector_path):
     rng = np.random.default_rng(11)
     x = rng.standard_normal((2, k), dtype=np.float32)
     bias = rng.standard_normal(20, dtype=np.float32)
-    stored = convert(weights(20, k), "int8")
+    stored = store(weights(20, k), "int8")
     for force_scalar in (False, True):
         y = _matmul.matmul(x, pack_matrix(stored), bias, force_scalar=force_scalar)
         np.testing.assert_array_equal(bits(y), bits(int8_products(x, stored, bias)))
@@ -163,7 +163,7 @@ def test_int8_kernel_one_row_on_a_large_matrix(vector_path):
     rng = np.random.default_rng(12)
     x = rng.standard_normal((3, k), dtype=np.float32)
     bias = rng.standard_normal(n, dtype=np.float32)
-    stored = convert(weights(n, k), "int8")
+    stored = store(weights(n, k), "int8")
     packed = pack_matrix(stored)
     assert packed.panels.nbytes >= 512 * 1024
     expected = int8_products(x, stored, bias)
@@ -182,7 +182,7 @@ def test_int8_kernel_strided_rows_bias_and_accumulate(force_scalar, vector_path)
     x = rng.standard_normal((m, k), dtype=np.float32)
     bias = rng.standard_normal(n, dtype=np.float32)
     y0 = rng.standard_normal((m, n), dtype=np.float32)
-    stored = convert(weights(n, k), "int8")
+    stored = store(weights(n, k), "int8")
     x_big = np.full((m, k + 5), np.nan, dtype=np.float32)
     x_big[:, 2:2 + k] = x
     y_big = np.full((m, n + 11), -7.0, dtype=np.float32)
@@ -195,7 +195,7 @@ def test_int8_kernel_strided_rows_bias_and_accumulate(force_scalar, vector_path)
 
 
 def test_int8_kernel_rows_with_inf_or_nan_give_nan(vector_path):
-    stored = convert(weights(40, 30), "int8")
+    stored = store(weights(40, 30), "int8")
     x = np.random.default_rng(2).standard_normal((5, 30), dtype=np.float32)
     x[1, 3], x[3, 29] = np.inf, np.nan
     x[4] = 0.0
@@ -212,7 +212,7 @@ def test_int8_panel_layout(n, k):
     """int8 panels hold quads of k (what vpdpbusd multiplies per 32-bit lane): 64 bytes per
     quad, outputs 0..7 then 8..15, panels[p][kk // 4][l // 8][l % 8][kk % 4] = q[16p + l, kk],
     with k padded to a multiple of 4 and n to 16 by zeros; qsum[j] = sum_kk q[j, kk]."""
-    stored = convert(weights(n, k), "int8")
+    stored = store(weights(n, k), "int8")
     matrix = pack_matrix(stored)
     packed = matrix.panels
     panels, kp = -(-n // 16), -(-k // 4) * 4
@@ -230,7 +230,7 @@ def test_kernel_rows_are_independent(dtype, vector_path):
     """What seeded generation relies on: a row's result does not depend on its neighbours."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((20, 70), dtype=np.float32)
-    packed = pack_matrix(convert(weights(100, 70), dtype))
+    packed = pack_matrix(store(weights(100, 70), dtype))
     alone = np.stack([_matmul.matmul(x[r:r + 1], packed)[0] for r in range(20)])
     for m in (2, 5, 6, 7, 13, 20):
         np.testing.assert_array_equal(bits(_matmul.matmul(x[:m], packed)), bits(alone[:m]))
@@ -238,7 +238,7 @@ def test_kernel_rows_are_independent(dtype, vector_path):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gather_rows(dtype, vector_path):
-    table = convert(weights(40, 37), dtype)
+    table = store(weights(40, 37), dtype)
     ids = np.array([0, 39, 5, 5, 17])
     expected = table.to_float32()[ids]
     for force_scalar in (False, True):
@@ -247,11 +247,11 @@ def test_gather_rows(dtype, vector_path):
 
 
 def test_kernel_refuses_mismatched_panels():
-    packed = pack_matrix(convert(weights(20, 8), "float16"))
+    packed = pack_matrix(store(weights(20, 8), "float16"))
     with pytest.raises(ValueError, match="panels"):
         _matmul.matmul(np.ones((1, 8), np.float32),
                        dataclasses.replace(packed, panels=packed.panels.view(np.int8)))
-    int8 = pack_matrix(convert(weights(20, 8), "int8"))
+    int8 = pack_matrix(store(weights(20, 8), "int8"))
     with pytest.raises(ValueError, match="scale"):
         _matmul.matmul(np.ones((1, 8), np.float32), dataclasses.replace(int8, scale=None))
     for qsum in (None, int8.qsum[:-1], int8.qsum.astype(np.int64)):
@@ -288,7 +288,7 @@ def rounded_reference(model: RNNModel, name: str, dtype: str) -> RNNModel:
     for key, value in model.state_dict().items():
         array = value.detach().numpy()
         if array.ndim == 2:
-            array = convert(array, dtype).to_float32()
+            array = store(array, dtype).to_float32()
         state[key] = torch.from_numpy(np.array(array))
     ref.load_state_dict(state)
     return ref.double().eval()
@@ -411,7 +411,7 @@ def int8_file(tmp_path, edit) -> Path:
     tensors, metadata, _ = read_safetensors(fastlstm.model.BUNDLED_MODEL)
     good = tmp_path / "good.safetensors"
     write_model_file(good, tensors, metadata, "int8")
-    from fastlstm.weights import write_safetensors
+    from fastlstm.file_format import write_safetensors
     from safetensors.numpy import load_file
     codes = {np.dtype(np.int8): "I8", np.dtype(np.float32): "F32"}
     raw = {name: (codes[a.dtype], a) for name, a in load_file(str(good)).items()}
