@@ -190,6 +190,46 @@ def _recurrent_prefix(names) -> str:
     return prefixes.pop()
 
 
+def _split_tensors(tensors: dict[str, np.ndarray], rnn_type: str | None, model: str
+                   ) -> tuple[str, RecurrentWeights, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(prefix, recurrent stack, other matrices, other vectors) of a model's tensors; any
+    other tensor is a ValueError that says what the `model` is."""
+    prefix = _recurrent_prefix(tensors)
+    recurrent = find_recurrent_layers(tensors, rnn_type, prefix)
+    rest = {n: a for n, a in tensors.items()
+            if not (m := _RECURRENT_KEY.match(n)) or m["prefix"] != prefix}
+    matrices = {n: a for n, a in rest.items() if a.ndim == 2}
+    vectors = {n: a for n, a in rest.items() if a.ndim == 1}
+    for name in rest.keys() - matrices.keys() - vectors.keys():
+        raise ValueError(f"unexpected tensor {name!r} with shape {rest[name].shape}: {model}")
+    return prefix, recurrent, matrices, vectors
+
+
+def _head_bias(vectors: dict[str, np.ndarray], head_name: str, size: int, model: str
+               ) -> tuple[np.ndarray | None, str | None]:
+    """(bias, name) of the head `head_name` among the non-recurrent vectors, or (None, None):
+    its name is the head's with "bias" for "weight", its shape (size,).  Any other vector is
+    a ValueError."""
+    expected = head_name[: -len("weight")] + "bias" if head_name.endswith("weight") else None
+    head_bias, bias_name = None, None
+    for name, vector in vectors.items():
+        if name != expected:
+            raise ValueError(f"unexpected tensor {name!r} with shape {vector.shape}: the only "
+                             f"1-D tensor {model} may have besides the recurrent biases is "
+                             f"the head bias {expected!r}")
+        if vector.shape != (size,):
+            raise ValueError(f"shape mismatch: head bias {name!r} is {vector.shape}, expected "
+                             f"({size},)")
+        head_bias, bias_name = vector, name
+    return head_bias, bias_name
+
+
+def _check_finite(tensors: dict[str, np.ndarray]) -> None:
+    for name, array in tensors.items():
+        if not np.isfinite(array).all():
+            raise ValueError(f"tensor {name!r} contains NaN or Inf")
+
+
 _EMBEDDING_HINTS = re.compile(r"embed|encoder|emb\b|wte|tok", re.I)
 _HEAD_HINTS = re.compile(r"decoder|fc|head|linear|out|proj|classifier|logit", re.I)
 
@@ -220,15 +260,8 @@ def find_roles(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None =
         tensors[dropped] = stored[kept]
         aliases[dropped] = kept
 
-    prefix = _recurrent_prefix(tensors)
-    recurrent = find_recurrent_layers(tensors, rnn_type, prefix)
-    rest = {n: a for n, a in tensors.items()
-            if not (m := _RECURRENT_KEY.match(n)) or m["prefix"] != prefix}
-    matrices = {n: a for n, a in rest.items() if a.ndim == 2}
-    vectors = {n: a for n, a in rest.items() if a.ndim == 1}
-    for name in rest.keys() - matrices.keys() - vectors.keys():
-        raise ValueError(f"unexpected tensor {name!r} with shape {rest[name].shape}: fastlstm "
-                         "models are Embedding -> LSTM/GRU/RNN -> Linear")
+    prefix, recurrent, matrices, vectors = _split_tensors(
+        tensors, rnn_type, "fastlstm models are Embedding -> LSTM/GRU/RNN -> Linear")
 
     E, out = recurrent.input_size, recurrent.output_size
     if len(matrices) != 2:
@@ -255,21 +288,8 @@ def find_roles(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None =
     embedding, head_weight = matrices[emb_name], matrices[head_name]
     vocab = embedding.shape[0]
 
-    head_bias, bias_name = None, None
-    expected_bias = head_name[: -len("weight")] + "bias" if head_name.endswith("weight") else None
-    for name, vector in vectors.items():
-        if name != expected_bias:
-            raise ValueError(f"unexpected tensor {name!r} with shape {vector.shape}: the only "
-                             f"1-D tensor a model may have besides the recurrent biases is "
-                             f"the head bias {expected_bias!r}")
-        if vector.shape != (vocab,):
-            raise ValueError(f"shape mismatch: head bias {name!r} is {vector.shape}, expected "
-                             f"({vocab},)")
-        head_bias, bias_name = vector, name
-
-    for name, array in tensors.items():
-        if not np.isfinite(array).all():
-            raise ValueError(f"tensor {name!r} contains NaN or Inf")
+    head_bias, bias_name = _head_bias(vectors, head_name, vocab, "a model")
+    _check_finite(tensors)
     _check_magnitudes(embedding, recurrent, head_weight, head_bias, prefix, head_name)
 
     tied = aliases.get(head_name) == emb_name or aliases.get(emb_name) == head_name or (
@@ -357,15 +377,8 @@ def find_forecaster_roles(tensors: dict[str, np.ndarray], metadata: dict[str, st
     metadata = dict(metadata or {})
     rnn_type = _resolve_rnn_type(metadata, rnn_type)
     _check_sizes(tensors)
-    prefix = _recurrent_prefix(tensors)
-    recurrent = find_recurrent_layers(tensors, rnn_type, prefix)
-    rest = {n: a for n, a in tensors.items()
-            if not (m := _RECURRENT_KEY.match(n)) or m["prefix"] != prefix}
-    matrices = {n: a for n, a in rest.items() if a.ndim == 2}
-    vectors = {n: a for n, a in rest.items() if a.ndim == 1}
-    for name in rest.keys() - matrices.keys() - vectors.keys():
-        raise ValueError(f"unexpected tensor {name!r} with shape {rest[name].shape}: a "
-                         "forecaster is LSTM/GRU/RNN -> Linear")
+    prefix, recurrent, matrices, vectors = _split_tensors(
+        tensors, rnn_type, "a forecaster is LSTM/GRU/RNN -> Linear")
     out = recurrent.output_size
     if len(matrices) != 1:
         found = ", ".join(f"{n!r} {a.shape}" for n, a in matrices.items()) or "none"
@@ -376,24 +389,12 @@ def find_forecaster_roles(tensors: dict[str, np.ndarray], metadata: dict[str, st
         raise ValueError(f"shape mismatch: the head {head_name!r} is {head_weight.shape}; "
                          f"expected (outputs, {out}) (the recurrent layers' output size)")
     outputs = head_weight.shape[0]
-    expected_bias = head_name[: -len("weight")] + "bias" if head_name.endswith("weight") else None
-    head_bias, bias_name = None, None
-    for name, vector in vectors.items():
-        if name != expected_bias:
-            raise ValueError(f"unexpected tensor {name!r} with shape {vector.shape}: the only "
-                             f"1-D tensor a forecaster may have besides the recurrent biases "
-                             f"is the head bias {expected_bias!r}")
-        if vector.shape != (outputs,):
-            raise ValueError(f"shape mismatch: head bias {name!r} is {vector.shape}, expected "
-                             f"({outputs},)")
-        head_bias, bias_name = vector, name
+    head_bias, bias_name = _head_bias(vectors, head_name, outputs, "a forecaster")
     for key, actual in (("input_size", recurrent.input_size), ("output_size", outputs)):
         if key in metadata and metadata[key] != str(actual):
             raise ValueError(f"the metadata's {key} {metadata[key]!r} does not match the "
                              f"weights, which have {actual}")
-    for name, array in tensors.items():
-        if not np.isfinite(array).all():
-            raise ValueError(f"tensor {name!r} contains NaN or Inf")
+    _check_finite(tensors)
     _check_magnitudes(None, recurrent, head_weight, head_bias, prefix, head_name)
     config = ForecasterConfig(rnn_type=recurrent.rnn_type, num_layers=len(recurrent.layers),
                               input_size=recurrent.input_size, hidden_size=recurrent.hidden_size,
