@@ -18,28 +18,11 @@ import fastlstm
 from fastlstm import batch as batch_mod
 from fastlstm.batch import BadRow, ResultWriter, Row, read_rows, row_seed, run_batch
 from fastlstm.cli import main
-
-PACKAGE_PARENT = Path(fastlstm.__file__).resolve().parents[1]
-NAMES = ["ROMEO", "JULIET", "HAMLET", "OPHELIA", "KING LEAR", "PORTIA", "IAGO", "PUCK"]
-PARAMS = dict(max_new_tokens=12, temperature=0.8, top_k=20)
-CLI_PARAMS = ["--max-new-tokens", "12", "--temperature", "0.8", "--top-k", "20"]
-
+from batch_jobs import CLI_PARAMS, PACKAGE_PARENT, PARAMS, batch_cli, prompts, write_jsonl  # tests/
 
 @pytest.fixture(scope="module")
 def model():
     return fastlstm.load(num_threads=2)
-
-
-def prompts(n: int) -> list[str]:
-    """n distinct prompts of varied lengths, all inside the bundled model's vocabulary."""
-    return [f"{NAMES[i % len(NAMES)]}.{' ' * (i % 3)}Act {i}, scene {i % 7}:" for i in range(n)]
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
-    return path
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -334,18 +317,6 @@ def test_two_jobs_cannot_write_one_file(tmp_path):
     ResultWriter(tmp_path / "out.jsonl").close()  # the lock goes with the first
 
 
-def _cli(*args: str, **kwargs) -> subprocess.Popen:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), env.get("PYTHONPATH"))
-                                        if p)
-    # Run from the directory holding the fastlstm under test: `python -m` looks in the working
-    # directory first, and a source checkout there may have no compiled extensions (CI tests
-    # the installed package).
-    kwargs.setdefault("cwd", PACKAGE_PARENT)
-    return subprocess.Popen([sys.executable, "-m", "fastlstm", "batch", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
-
-
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, model):
     n = 1500
@@ -353,7 +324,7 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, mode
     args = [str(src), "--seed", "5", "--max-new-tokens", "24", "--chunk-size", "25",
             "--batch-size", "25", "--quiet"]
     out = tmp_path / "out.jsonl"
-    job = _cli(*args, "-o", str(out))
+    job = batch_cli(*args, "-o", str(out))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and job.poll() is None:
         if out.exists() and out.stat().st_size > 0:
@@ -365,7 +336,7 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, mode
     written = out.read_bytes()
     assert 0 < written.count(b"\n") < n
 
-    resumed = _cli(*args, "-o", str(out))
+    resumed = batch_cli(*args, "-o", str(out))
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr.decode()
 

@@ -31,12 +31,7 @@ import pytest
 import fastlstm
 from fastlstm.batch import ChangedJobError, run_batch
 from fastlstm.cli import main
-
-PACKAGE_PARENT = Path(fastlstm.__file__).resolve().parents[1]
-NAMES = ["ROMEO", "JULIET", "HAMLET", "OPHELIA", "KING LEAR", "PORTIA", "IAGO", "PUCK"]
-PARAMS = dict(max_new_tokens=12, temperature=0.8, top_k=20)
-CLI_PARAMS = ["--max-new-tokens", "12", "--temperature", "0.8", "--top-k", "20"]
-
+from batch_jobs import CLI_PARAMS, PACKAGE_PARENT, PARAMS, batch_cli, prompt, write_jsonl  # tests/
 
 @pytest.fixture(scope="module")
 def model():
@@ -44,13 +39,7 @@ def model():
 
 
 def rows(n: int, start: int = 0) -> list[dict]:
-    return [{"id": f"p{i}", "prompt": f"{NAMES[i % 8]}.{' ' * (i % 3)}Act {i}, scene {i % 7}:"}
-            for i in range(start, start + n)]
-
-
-def write_jsonl(path: Path, items: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in items), encoding="utf-8")
-    return path
+    return [{"id": f"p{i}", "prompt": prompt(i)} for i in range(start, start + n)]
 
 
 def lines_of(path: Path) -> list[bytes]:
@@ -65,17 +54,6 @@ def assert_whole_chunks_of(output: Path, reference: bytes, chunk: int) -> int:
     k, rest = divmod(data.count(b"\n"), chunk)
     assert rest == 0, f"the output ends in part of a chunk ({rest} of {chunk} lines)"
     return k
-
-
-def cli(*args: str, **kwargs) -> subprocess.Popen:
-    """`python -m fastlstm batch ARGS` in a child process importing the fastlstm under test."""
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)  # --ray starts its own local Ray
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_PARENT), env.get("PYTHONPATH"))
-                                        if p)
-    kwargs.setdefault("cwd", PACKAGE_PARENT)  # see tests/test_batch.py: the tested package
-    return subprocess.Popen([sys.executable, "-m", "fastlstm", "batch", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
 # ---------------------------------------------------------------------------- a full disk
@@ -200,7 +178,7 @@ def test_sigterm_stops_the_job_resumably(tmp_path, model):
     args = [str(src), "--seed", "5", "--max-new-tokens", "24", "--chunk-size", str(chunk),
             "--batch-size", "25", "--quiet"]
     out = tmp_path / "out.jsonl"
-    job = cli(*args, "-o", str(out))
+    job = batch_cli(*args, "-o", str(out))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and job.poll() is None:
         if out.exists() and out.stat().st_size > 0:
@@ -217,7 +195,7 @@ def test_sigterm_stops_the_job_resumably(tmp_path, model):
     reference = clean.read_bytes()
     assert 0 < assert_whole_chunks_of(out, reference, chunk) * chunk < n
 
-    resumed = cli(*args, "-o", str(out))
+    resumed = batch_cli(*args, "-o", str(out))
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr.decode()
     assert out.read_bytes() == reference
@@ -231,7 +209,7 @@ def test_sigterm_stops_a_ray_job_too(tmp_path, model):
     args = [str(src), "--seed", "5", "--max-new-tokens", "24", "--chunk-size", str(chunk),
             "--batch-size", "10", "--quiet"]
     out = tmp_path / "out.jsonl"
-    job = cli(*args, "-o", str(out), "--ray", "--workers", "1", cwd=tmp_path)
+    job = batch_cli(*args, "-o", str(out), "--ray", "--workers", "1", cwd=tmp_path)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and job.poll() is None:
         if out.exists() and out.stat().st_size > 0:
