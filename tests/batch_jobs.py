@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import fastlstm
@@ -48,3 +49,13 @@ def batch_cli(*args: str, **kwargs) -> subprocess.Popen:
     kwargs.setdefault("cwd", PACKAGE_PARENT)
     return subprocess.Popen([sys.executable, "-m", "fastlstm", "batch", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def wait_for_first_chunk(job: subprocess.Popen, out: Path, timeout: float) -> None:
+    """Wait until the job has written something to `out`, has ended, or `timeout` seconds
+    have passed: the moment a test kills or stops it mid-run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and job.poll() is None:
+        if out.exists() and out.stat().st_size > 0:
+            return
+        time.sleep(0.005)

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,8 @@ import fastlstm
 from fastlstm import batch as batch_mod
 from fastlstm.batch import BadRow, ResultWriter, Row, read_rows, row_seed, run_batch
 from fastlstm.cli import main
-from batch_jobs import CLI_PARAMS, PACKAGE_PARENT, PARAMS, batch_cli, prompts, write_jsonl  # tests/
+from batch_jobs import (CLI_PARAMS, PACKAGE_PARENT, PARAMS, batch_cli, prompts,  # tests/
+                        wait_for_first_chunk, write_jsonl)
 
 @pytest.fixture(scope="module")
 def model():
@@ -325,11 +325,7 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, mode
             "--batch-size", "25", "--quiet"]
     out = tmp_path / "out.jsonl"
     job = batch_cli(*args, "-o", str(out))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and job.poll() is None:
-        if out.exists() and out.stat().st_size > 0:
-            break
-        time.sleep(0.005)
+    wait_for_first_chunk(job, out, timeout=120)
     job.send_signal(signal.SIGKILL)
     job.communicate()
     assert job.returncode == -signal.SIGKILL, "the job ended before it could be killed"

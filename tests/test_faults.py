@@ -31,7 +31,8 @@ import pytest
 import fastlstm
 from fastlstm.batch import ChangedJobError, run_batch
 from fastlstm.cli import main
-from batch_jobs import CLI_PARAMS, PACKAGE_PARENT, PARAMS, batch_cli, prompt, write_jsonl  # tests/
+from batch_jobs import (CLI_PARAMS, PACKAGE_PARENT, PARAMS, batch_cli, prompt,  # tests/
+                        wait_for_first_chunk, write_jsonl)
 
 @pytest.fixture(scope="module")
 def model():
@@ -179,11 +180,7 @@ def test_sigterm_stops_the_job_resumably(tmp_path, model):
             "--batch-size", "25", "--quiet"]
     out = tmp_path / "out.jsonl"
     job = batch_cli(*args, "-o", str(out))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and job.poll() is None:
-        if out.exists() and out.stat().st_size > 0:
-            break
-        time.sleep(0.005)
+    wait_for_first_chunk(job, out, timeout=120)
     job.send_signal(signal.SIGTERM)
     _, stderr = job.communicate(timeout=60)
     assert job.returncode == 143, stderr.decode()
@@ -210,11 +207,7 @@ def test_sigterm_stops_a_ray_job_too(tmp_path, model):
             "--batch-size", "10", "--quiet"]
     out = tmp_path / "out.jsonl"
     job = batch_cli(*args, "-o", str(out), "--ray", "--workers", "1", cwd=tmp_path)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and job.poll() is None:
-        if out.exists() and out.stat().st_size > 0:
-            break
-        time.sleep(0.01)
+    wait_for_first_chunk(job, out, timeout=180)
     job.send_signal(signal.SIGTERM)
     _, stderr = job.communicate(timeout=120)
     assert job.returncode == 143, stderr.decode()[-2000:]
