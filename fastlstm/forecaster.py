@@ -17,7 +17,7 @@ import numpy as np
 
 from fastlstm import _forecast, _rnn, isa
 from fastlstm.config import ForecasterConfig
-from fastlstm.model import State, state_buffers
+from fastlstm.state import State, state_buffers
 from fastlstm.pack import pack_layers, pack_matrix, step_weights
 from fastlstm.precision import check_dtype, store
 from fastlstm.threads import call_threads, resolve_num_threads

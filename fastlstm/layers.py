@@ -12,10 +12,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from fastlstm import _rnn, isa
-from fastlstm.model import state_buffers
 from fastlstm.pack import pack_layers, step_weights
-from fastlstm.threads import call_threads, resolve_num_threads
 from fastlstm.roles import find_recurrent_layers
+from fastlstm.state import state_buffers
+from fastlstm.threads import call_threads, resolve_num_threads
 
 
 def _to_numpy(value) -> np.ndarray:

@@ -12,17 +12,14 @@ from fastlstm import generation
 from fastlstm.config import ModelConfig
 from fastlstm.pack import input_table, pack_layers, pack_matrix, step_weights
 from fastlstm.precision import DTYPES, check_dtype, store
-from fastlstm.sampling import GenerationParams
-from fastlstm.threads import call_threads, resolve_num_threads
 from fastlstm.roles import ForecasterWeights, ModelWeights
+from fastlstm.sampling import GenerationParams
+from fastlstm.state import State, state_buffers
+from fastlstm.threads import call_threads, resolve_num_threads
 from fastlstm.weights import read_model_file
 
 if TYPE_CHECKING:
     from fastlstm.forecaster import Forecaster
-
-# State in PyTorch's layout: LSTM (h, c), GRU/RNN h; h (num_layers, batch, out), c (..., hidden).
-State = "np.ndarray | tuple[np.ndarray, np.ndarray]"
-
 
 BUNDLED_MODEL = os.path.join(os.path.dirname(__file__), "data", "shakespeare_char_lstm.safetensors")
 
@@ -247,33 +244,3 @@ class Model:
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} is out of range for a vocabulary of {V} (0..{V - 1})")
         return np.ascontiguousarray(array, dtype=np.int64)
-
-
-def state_buffers(state, rnn_type: str, num_layers: int, batch: int, out_size: int,
-                  hidden: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Check a user's state against PyTorch's layout and copy it into fresh float32 buffers
-    (h (num_layers, batch, out_size), c (num_layers, batch, hidden) for LSTM, else None)."""
-    h_shape, c_shape = (num_layers, batch, out_size), (num_layers, batch, hidden)
-    lstm = rnn_type == "LSTM"
-    if state is None:
-        return np.zeros(h_shape, np.float32), np.zeros(c_shape, np.float32) if lstm else None
-    if lstm:
-        if not (isinstance(state, (tuple, list)) and len(state) == 2):
-            raise ValueError("an LSTM state is a pair (h, c)")
-        parts = (("h", state[0], h_shape), ("c", state[1], c_shape))
-    else:
-        if isinstance(state, (tuple, list)):
-            raise ValueError(f"a {rnn_type} state is one array h, not a tuple")
-        parts = (("h", state, h_shape),)
-    buffers = []
-    for name, value, shape in parts:
-        array = np.asarray(value)
-        if array.dtype.kind != "f":
-            raise ValueError(f"state {name} must be floating point, got dtype {array.dtype}")
-        if array.shape != shape:
-            raise ValueError(f"state {name} has shape {array.shape}, expected {shape} "
-                             "(num_layers, batch, size)")
-        if not np.isfinite(array).all():
-            raise ValueError(f"state {name} contains NaN or Inf")
-        buffers.append(np.array(array, dtype=np.float32, order="C"))  # a copy: never mutate input
-    return buffers[0], buffers[1] if lstm else None
