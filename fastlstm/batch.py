@@ -246,6 +246,44 @@ class Task:
     own: dict = field(default_factory=dict)  # the parameters the row set itself (the manifest's)
 
 
+class TaskMaker:
+    """Rows -> Tasks, for batch jobs and the Ray predictor alike.
+
+    A row's parameters go over the job's `defaults` (each distinct set is checked once,
+    against the model); its seed is its own "seed", else row_seed(job_seed, id), else the job
+    seed itself (no id), else fresh entropy (no seed anywhere); its prompt is tokenized.
+    """
+
+    def __init__(self, model, defaults: dict, job_seed: int | None):
+        self.model = model
+        self.defaults = defaults
+        self.job_seed = job_seed
+        self._checked: dict[str, tuple[dict, str] | str] = {}  # raw params JSON -> checked
+
+    def task(self, line: int, row_id: int | str | None, prompt: str, row_params: dict) -> Task:
+        """The row's Task; ValueError (why) for bad parameters, a bad seed or an empty prompt."""
+        params = {**self.defaults, **row_params}
+        seed = params.pop("seed", None)
+        raw = json.dumps(params, sort_keys=True)
+        checked = self._checked.get(raw)
+        if checked is None:
+            try:
+                checked = check_params(params, self.model)
+            except ValueError as e:
+                checked = str(e)
+            self._checked[raw] = checked
+        if isinstance(checked, str):
+            raise ValueError(checked)
+        if seed is None and self.job_seed is not None:
+            job_seed = check_seed(self.job_seed)
+            seed = row_seed(job_seed, row_id) if row_id is not None else job_seed
+        seed = check_seed(seed) if seed is not None else secrets.randbits(63)
+        ids = self.model.tokenizer.encode(prompt)
+        if not ids:
+            raise ValueError("the prompt is empty after tokenizing")
+        return Task(line, row_id, prompt, ids, checked[0], checked[1], seed, row_params)
+
+
 def generate_tasks(model, tasks: list[Task]) -> list[dict | str]:
     """Generate every task; return per task its result record, or an error message.
 
@@ -453,11 +491,9 @@ class Job:
         check_params(params, model)  # the job's parameters: a bad one stops it before it starts
         if os.fspath(input) != "-" and not os.path.isfile(input):
             raise FileNotFoundError(f"no input file {os.fspath(input)!r}")
-        self.input, self.model, self.tokenizer = input, model, model.tokenizer
-        self.defaults = params
+        self.input = input
         self.input_format = _input_format(input, input_format)
         self.chunk_size = chunk_size
-        self._checked: dict[str, tuple[dict, str] | str] = {}  # raw params JSON -> checked
         self._seen: dict[str, int] = {}  # id key -> line, for duplicates
         self._report = report_bad_rows
         self._resume_changed = resume_changed
@@ -473,6 +509,7 @@ class Job:
             self.summary = BatchSummary(job_seed=check_seed(seed) if seed is not None
                                         else secrets.randbits(63),
                                         repaired_bytes=self.writer.repaired_bytes)
+            self.tasks = TaskMaker(model, params, self.summary.job_seed)
             options = job_options(model, params, self.summary.job_seed, input)
             warning = self._check_resume(options) if self.writer.done else None
             if not self.writer.done:
@@ -581,30 +618,11 @@ class Job:
                 self._changed_done_row(row)
             self.summary.skipped += 1
             return None
-        params = dict(self.defaults)
-        params.update(row.params)
-        seed = params.pop("seed", None)
-        raw = json.dumps(params, sort_keys=True)
-        checked = self._checked.get(raw)
-        if checked is None:
-            try:
-                checked = check_params(params, self.model)
-            except ValueError as e:
-                checked = str(e)
-            self._checked[raw] = checked
         try:
-            if isinstance(checked, str):
-                raise ValueError(checked)
-            seed = check_seed(seed) if seed is not None else row_seed(self.summary.job_seed,
-                                                                      row.id)
-            ids = self.tokenizer.encode(row.prompt)
-            if not ids:
-                raise ValueError("the prompt is empty after tokenizing")
+            return self.tasks.task(row.line, row.id, row.prompt, row.params)
         except ValueError as e:
             self.bad(BadRow(row.line, str(e), row.id))
             return None
-        return Task(row.line, row.id, row.prompt, ids, checked[0], checked[1], seed,
-                    row.params)
 
     def _changed_done_row(self, row: Row) -> None:
         """A done row that differs from its manifest entry, met while generating (stdin

@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import signal
 import threading
 
 import numpy as np
 
-from fastlstm.batch import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, BatchSummary, Job, JobError,
-                            Task, ROW_PARAMS, check_params, check_seed, generate_tasks, row_seed)
+from fastlstm.batch import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, ROW_PARAMS, BatchSummary, Job,
+                            JobError, Task, TaskMaker, generate_tasks)
 
 __all__ = ["FastlstmPredictor", "run_batch_ray"]
 
@@ -77,8 +76,9 @@ class FastlstmPredictor:
         self.model = load(model, dtype=dtype, num_threads=num_threads)
         if self.model.tokenizer is None:
             raise ValueError("FastlstmPredictor needs a model with a tokenizer (prompts are text)")
-        self.defaults = params
-        self._checked: dict[str, tuple[dict, str] | str] = {}
+        params = dict(params)
+        job_seed = params.pop("seed", None)
+        self.tasks = TaskMaker(self.model, params, job_seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "prompt" not in batch:
@@ -126,31 +126,8 @@ class FastlstmPredictor:
         for name in ROW_PARAMS:  # columns named like parameters, as in fastlstm batch's JSONL
             if name in batch and (value := _cell(batch[name][i], name)) is not None:
                 row_params[name] = value
-        params = {**self.defaults, **row_params}
-        params.pop("seed", None)
         row_id = _cell(batch["id"][i]) if "id" in batch else None
-        job_seed = self.defaults.get("seed")
-        if row_params.get("seed") is not None:
-            seed = row_params["seed"]
-        elif job_seed is not None:
-            seed = row_seed(check_seed(job_seed), row_id) if row_id is not None else job_seed
-        else:
-            seed = secrets.randbits(63)  # no seed anywhere: fresh entropy, as generate
-        seed = check_seed(seed)
-        raw = json.dumps(params, sort_keys=True)
-        checked = self._checked.get(raw)
-        if checked is None:
-            try:
-                checked = check_params(params)
-            except ValueError as e:
-                checked = str(e)
-            self._checked[raw] = checked
-        if isinstance(checked, str):
-            raise ValueError(checked)
-        ids = self.model.tokenizer.encode(prompt)
-        if not ids:
-            raise ValueError("the prompt is empty after tokenizing")
-        return Task(0, row_id, prompt, ids, checked[0], checked[1], seed)
+        return self.tasks.task(0, row_id, prompt, row_params)
 
 
 _INT_PARAMS = ("max_new_tokens", "top_k", "seed")
