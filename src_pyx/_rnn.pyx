@@ -107,9 +107,12 @@ cdef void scratch_free(Scratch *s) noexcept nogil:
     s.inp = s.out = s.xw = s.hw = s.hfull = NULL
 
 
-cdef void gather_input(const Job *job, int b0, int nb, int t0, int tc, Scratch *s) noexcept nogil:
-    """Layer 0's input rows for steps [t0, t0 + tc): table rows into xw, or embedding rows or
-    the caller's floats into inp."""
+cdef void gather_input(const Job *job, int b0, int nb, int t0, int tc, float *inp,
+                       Scratch *s) noexcept nogil:
+    """Layer 0's input rows for steps [t0, t0 + tc): table rows into s.xw, or embedding rows
+    or the caller's floats into `inp`, the buffer layer 0 reads this chunk (s.inp or s.out:
+    run_rows swaps them after every layer, so with an odd number of layers they alternate
+    from chunk to chunk)."""
     cdef int st, r, T = job.steps
     cdef const Layer *L0 = &job.layers[0]
     cdef int G = gates_of(job.cell)
@@ -120,9 +123,9 @@ cdef void gather_input(const Job *job, int b0, int nb, int t0, int tc, Scratch *
                             s.xw + (<size_t> st * nb + r) * G * L0.hidden, 0)
             elif job.emb.data != NULL:
                 gather_rows(&job.emb, &job.ids[<size_t> (b0 + r) * T + t0 + st], 1,
-                            s.inp + (<size_t> st * nb + r) * L0.in_size, 0)
+                            inp + (<size_t> st * nb + r) * L0.in_size, 0)
             else:
-                memcpy(s.inp + (<size_t> st * nb + r) * L0.in_size,
+                memcpy(inp + (<size_t> st * nb + r) * L0.in_size,
                        job.x + (<size_t> (b0 + r) * T + t0 + st) * L0.in_size,
                        L0.in_size * sizeof(float))
 
@@ -217,7 +220,7 @@ cdef void run_rows(const Job *job, int b0, int b1, Scratch *s, Team *team) noexc
     while t0 < T:
         tc = min(s.chunk, T - t0)
         if team.tid == 0:
-            gather_input(job, b0, nb, t0, tc, s)
+            gather_input(job, b0, nb, t0, tc, inp, s)
         sync(team)
 
         for l in range(job.num_layers):

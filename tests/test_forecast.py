@@ -145,6 +145,24 @@ def test_forecast_matches_torch_fed_back(exported, dtype):
     assert np.ptp(expected) > 1e-2  # the forecasts move: a test a constant could not pass
 
 
+def test_long_histories(exported, monkeypatch):
+    """Histories longer than _rnn.forward's chunk of steps (256 at batch 1, 85 at batch 3),
+    for one-layer models too (whose layer 0 reads its input from the other activation
+    buffer every other chunk): predict and forecast as PyTorch, batch 1 (on 2 threads: a
+    team) and 3."""
+    monkeypatch.setattr(fastlstm.threads, "TEAM_MIN_WEIGHTS", 0)
+    case, module, path = exported
+    ref = rounded(module, "float32")
+    model = fastlstm.load(path, num_threads=2)
+    for batch, steps in [(1, 600), (3, 300)]:
+        x = series((batch, steps, case[1]), seed=20 + batch)
+        with torch.no_grad():
+            expected = ref(torch.from_numpy(x).double())[0].numpy()
+        assert_close(model.predict(x)[0], expected, REL, f"{case_id(case)} predict, B{batch}")
+        assert_close(model.forecast(x, 20), torch_forecast(ref, x, 20), REL,
+                     f"{case_id(case)} forecast, B{batch}")
+
+
 def test_forecast_continues_from_a_state(exported):
     """forecast(history, state=s) = forecast(full history) when s is the state before it."""
     case, _, path = exported

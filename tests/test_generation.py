@@ -103,6 +103,29 @@ def test_greedy_matches_torch_model_variants(tmp_path, case):
         model.generate_ids(prompts, temperature=0, max_new_tokens=60), np.array(expected))
 
 
+@pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
+def test_long_prompts_through_an_embedding(tmp_path, monkeypatch, rnn_type):
+    """Prompts longer than prefill's chunk of steps (256 at batch 1) into a one-layer model
+    that reads an embedding (its vocabulary makes a layer-0 table too large): layer 0 reads
+    its input from the other activation buffer every other chunk.  Greedy as PyTorch, on 1
+    and 2 threads (one prompt: a team; two: one each)."""
+    monkeypatch.setattr(fastlstm.threads, "TEAM_MIN_WEIGHTS", 0)
+    case = LMCase(rnn_type, 1, 600, 4, 24, seed=3, scale=4.0, save="fastlstm")
+    torch_model = build_model(case)
+    path = tmp_path / "m.safetensors"
+    fastlstm.export(torch_model, path, vocab=[f"t{i}" for i in range(600)], tokenizer="word")
+    rng = np.random.default_rng(4)
+    prompts = [list(rng.integers(0, 600, n)) for n in (700, 300)]
+    expected = [torch_greedy(torch_model, p, 20) for p in prompts]
+    for threads in (1, 2):
+        model = fastlstm.load(path, num_threads=threads)
+        assert model._table is None
+        np.testing.assert_array_equal(
+            model.generate_ids(prompts, temperature=0, max_new_tokens=20), np.array(expected))
+        np.testing.assert_array_equal(
+            model.generate_ids(prompts[:1], temperature=0, max_new_tokens=20), expected[:1])
+
+
 def test_greedy_ignores_seed_and_samples_agree(lstm):
     a = lstm.generate("the ", temperature=0, max_new_tokens=40, seed=1, num_return_sequences=3)
     assert a == [a[0]] * 3

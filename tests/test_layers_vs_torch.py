@@ -218,3 +218,22 @@ def test_module_batch_first_false_still_runs_batch_first(kind):
     layer = fast_layer(seq_first, kind, "from_torch")
     x = np.random.default_rng(2).uniform(-1, 1, (3, 6, 4)).astype(np.float32)
     check_layer(module, layer, x, what="batch_first=False module")
+
+
+@pytest.mark.parametrize("spec", [SPECS[0], SPECS[1], SPECS[7], SPECS[9]], ids=spec_id)
+def test_sequences_longer_than_one_chunk(spec, monkeypatch):
+    """_rnn.forward runs a batch row's steps in chunks of ROWS_PER_CHUNK // rows steps (256
+    at batch 1, 85 at batch 3), swapping its two activation buffers after every layer: with
+    an odd number of layers, layer 0 reads its input from the other buffer every other chunk.
+    1, 2 and 3 layers, 600 steps, batch 1 (on 2 threads: a team) and 3, 1 and 2 threads."""
+    monkeypatch.setattr(fastlstm.threads, "TEAM_MIN_WEIGHTS", 0)
+    module = make_torch_layer(spec, 13)
+    weights = {name: p.detach().numpy().copy() for name, p in module.named_parameters()}
+    cls = {"LSTM": fastlstm.LSTM, "GRU": fastlstm.GRU}.get(spec[0], fastlstm.RNN)
+    kw = {"nonlinearity": spec[0][4:].lower()} if spec[0].startswith("RNN") else {}
+    rng = np.random.default_rng(14)
+    for batch in (1, 3):
+        x = rng.uniform(-1, 1, (batch, 600, spec[1])).astype(np.float32)
+        for threads in (1, 2):
+            layer = cls(weights, num_threads=threads, **kw)
+            check_layer(module, layer, x, what=f"{spec_id(spec)} B{batch} {threads} threads")

@@ -6,11 +6,23 @@ which reaches the paths those short inputs do not:
 
 * _rnn.forward over more rows than one input-projection chunk (ROWS_PER_CHUNK = 256), from a
   lookup table and from the embedding (a model whose table would be too large), with and
-  without a state, and split in two pieces (the state carries across exactly);
+  without a state, and split in two pieces (the state carries across exactly), on 1 and 2
+  threads (the same bits);
 * _rnn.prefill with prompts of 1 token (no prefill), of a few, and of hundreds;
 * _generate.decode at batch 1 and with more rows than threads, num_threads 1 and 2, every
   sampling parameter, eos ids and stop strings that end rows early (slots swapped), streams
   broken off after one chunk, num_return_sequences;
+* every cell: LSTM (with and without proj_size), GRU, GRU_RESET_BEFORE (Keras's
+  reset_after=False), RNN_TANH, RNN_RELU, in every weight precision;
+* teams: fastlstm.threads.TEAM_MIN_WEIGHTS is set to 0, so that with fewer rows than threads
+  (batch 1 on 2 threads) the two threads share every product of these small models (stack.pxd's
+  Team, team.h's barrier) in forward, prefill, decode, streams and forecasts, as they do for
+  models of 300k weights a step and more; batch 3 gives each thread whole rows;
+* forecasters (fastlstm.Forecaster, written as safetensors files without torch): predict and
+  forecast (_forecast.forecast: predictions fed back) at batch 1, 2, 3 and unbatched, from a
+  state, 1 and 2 threads (the same bits), every cell and precision;
+* BLAS: float32 models and forecasters as CPUs without AVX2 run them (row-major copies, forward
+  through OpenBLAS when each thread has rows of its own);
 * the recurrent layers on float inputs (LSTM with proj_size, GRU, RNN_RELU, without biases);
 * the decode loop's NaN path: a ReLU RNN whose state grows 1.9x per step overflows float32
   after ~140 tokens; rows hit it at different steps (batch 1 and 4, 1 and 2 threads, while
@@ -19,6 +31,9 @@ which reaches the paths those short inputs do not:
 
 Everything is checked for self-consistency (pieces == whole, threads 1 == threads 2, seeds
 reproduce), so a kernel that read garbage would also be likely to fail here.
+The kernels run on the path fastlstm picks (FASTLSTM_ISA chooses one: run.sh runs this once
+per path the checker can run); the last line but one says which, and whether a team was ever
+found lagging so that its thread 0 went on alone (stack.pxd's team_wants_solo).
 Run: python tests/memcheck/exercise_kernels.py   (prints "exercise_kernels: OK")
 """
 
@@ -37,32 +52,45 @@ from safetensors.numpy import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's fastlstm
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests/: exploding_relu
 import fastlstm  # noqa: E402
-from fastlstm import _generate, _matmul  # noqa: E402
+import fastlstm.threads  # noqa: E402
+from fastlstm import _generate, _matmul, _rnn, isa  # noqa: E402
 from fastlstm.pack import pack_matrix  # noqa: E402
 from fastlstm.precision import DTYPES, convert  # noqa: E402
 from fastlstm.tokenizers import CharTokenizer  # noqa: E402
+from fastlstm.weights import format_version  # noqa: E402
 from exploding_relu import write_exploding_relu  # noqa: E402
 
+# Teams for these small models too (threads.call_threads would give a batch-1 call one thread).
+fastlstm.threads.TEAM_MIN_WEIGHTS = 0
+
 CHARS = list("\n abcdefghijklmnopqrstuvwxyz.,;:!?'-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+GATES = {"LSTM": 4, "GRU": 3, "GRU_RESET_BEFORE": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+def recurrent_tensors(rng, rnn_type, inputs, hidden, layers, *, proj=0, bias=True, scale=2.0):
+    """PyTorch-named recurrent layers (rnn.weight_ih_l0 ...) of random float64 weights."""
+    g = GATES[rnn_type]
+    out = proj or hidden
+    t = {}
+    for k in range(layers):
+        inp = inputs if k == 0 else out
+        t[f"rnn.weight_ih_l{k}"] = rng.uniform(-scale, scale, (g * hidden, inp)) / np.sqrt(inp)
+        t[f"rnn.weight_hh_l{k}"] = rng.uniform(-scale, scale, (g * hidden, out)) / np.sqrt(out)
+        if bias:
+            t[f"rnn.bias_ih_l{k}"] = rng.uniform(-0.5, 0.5, g * hidden)
+            t[f"rnn.bias_hh_l{k}"] = rng.uniform(-0.5, 0.5, g * hidden)
+        if proj:
+            t[f"rnn.weight_hr_l{k}"] = rng.uniform(-scale, scale, (proj, hidden)) / np.sqrt(hidden)
+    return t
 
 
 def lm_tensors(rnn_type, vocab, emb, hidden, layers, *, proj=0, bias=True, head_bias=True,
                seed=0):
     """A PyTorch-named state_dict (encoder / rnn / decoder) of random float32 weights."""
     rng = np.random.default_rng(seed)
-    g = GATES[rnn_type]
     out = proj or hidden
     t = {"encoder.weight": rng.uniform(-1.5, 1.5, (vocab, emb))}
-    for k in range(layers):
-        inp = emb if k == 0 else out
-        t[f"rnn.weight_ih_l{k}"] = rng.uniform(-2, 2, (g * hidden, inp)) / np.sqrt(inp)
-        t[f"rnn.weight_hh_l{k}"] = rng.uniform(-2, 2, (g * hidden, out)) / np.sqrt(out)
-        if bias:
-            t[f"rnn.bias_ih_l{k}"] = rng.uniform(-0.5, 0.5, g * hidden)
-            t[f"rnn.bias_hh_l{k}"] = rng.uniform(-0.5, 0.5, g * hidden)
-        if proj:
-            t[f"rnn.weight_hr_l{k}"] = rng.uniform(-2, 2, (proj, hidden)) / np.sqrt(hidden)
+    t.update(recurrent_tensors(rng, rnn_type, emb, hidden, layers, proj=proj, bias=bias))
     t["decoder.weight"] = rng.uniform(-4, 4, (vocab, out)) / np.sqrt(out)
     if head_bias:
         t["decoder.bias"] = rng.uniform(-0.5, 0.5, vocab)
@@ -76,7 +104,8 @@ def char_vocab(size):
 
 def write_model(directory, name, rnn_type, vocab, **kw):
     path = os.path.join(directory, name + ".safetensors")
-    metadata = {"format": "fastlstm", "format_version": "1", "rnn_type": rnn_type,
+    metadata = {"format": "fastlstm", "format_version": format_version("language_model", rnn_type),
+                "rnn_type": rnn_type,
                 "tokenizer": CharTokenizer(char_vocab(vocab)).to_json()}
     save_file(lm_tensors(rnn_type, vocab, **kw), path, metadata=metadata)
     return path
@@ -92,6 +121,18 @@ MODELS = {
     "gru-table": ("GRU", len(CHARS), dict(emb=9, hidden=16, layers=1, bias=False), True),
     "relu-table": ("RNN_RELU", len(CHARS), dict(emb=8, hidden=20, layers=2), True),
     "tanh-table": ("RNN_TANH", 150, dict(emb=2, hidden=31, layers=3, head_bias=False), True),
+    "grb-table": ("GRU_RESET_BEFORE", len(CHARS), dict(emb=7, hidden=21, layers=2), True),
+    "grb-emb": ("GRU_RESET_BEFORE", 900, dict(emb=3, hidden=19, layers=1, head_bias=False), False),
+}
+
+# Forecasters: name -> (rnn_type, features, keyword arguments of recurrent_tensors, head bias).
+FORECASTERS = {
+    "f-lstm-proj": ("LSTM", 3, dict(hidden=21, layers=2, proj=5), True),
+    "f-lstm": ("LSTM", 1, dict(hidden=9, layers=1, bias=False), False),
+    "f-gru": ("GRU", 2, dict(hidden=17, layers=2), True),
+    "f-grb": ("GRU_RESET_BEFORE", 4, dict(hidden=13, layers=2), True),
+    "f-tanh": ("RNN_TANH", 5, dict(hidden=33, layers=2, bias=False), True),
+    "f-relu": ("RNN_RELU", 2, dict(hidden=10, layers=1, scale=0.6), True),
 }
 
 
@@ -105,12 +146,18 @@ def states_equal(a, b, exact=True):
             np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
 
 
-def check_forward(model, rng):
+def check_forward(model, rng, one_thread=None):
+    """forward on `model` (2 threads: a team at batch 1, whole rows at batch 2 and 3); the
+    same bits on `one_thread`, a 1-thread copy, when given."""
     V = model.config.vocab_size
     for batch, steps in [(1, 700), (3, 100), (2, 1), (1, 257)]:
         ids = rng.integers(0, V, (batch, steps))
         logits, state = model.forward(ids)
         assert logits.shape == (batch, steps, V) and np.isfinite(logits).all()
+        if one_thread is not None:
+            logits1, state1 = one_thread.forward(ids)
+            assert np.array_equal(logits1, logits)
+            states_equal(state1, state)
         cut = max(1, steps // 3)
         if cut < steps:  # two pieces: logits and state carry across
             l1, s1 = model.forward(ids[:, :cut])
@@ -153,12 +200,106 @@ def check_generation(path, rng, dtype="float32"):
         t1 = m1.generate(texts, max_new_tokens=60, **params)
         t2 = m2.generate(texts, max_new_tokens=60, **params)
         assert t1 == t2
+    # batch 3 (whole rows per thread), 2 and 1 (on 2 threads: a team), prompts of 1 to 300
+    for rows in (prompts[:3], prompts[1:3], prompts[2:3], prompts[:1]):
+        params = dict(max_new_tokens=30, temperature=0.9, top_p=0.95, seed=13)
+        assert np.array_equal(m1.generate_ids(rows, **params), m2.generate_ids(rows, **params))
     full = m1.generate("it was", max_new_tokens=100, temperature=1.0, seed=10)
     assert "".join(m1.stream("it was", max_new_tokens=100, temperature=1.0, seed=10)) == full
+    assert "".join(m2.stream("it was", max_new_tokens=100, temperature=1.0, seed=10)) == full
     for _ in m1.stream("it was", max_new_tokens=1000, seed=11):
         break  # broken off after the first chunk
     for _ in m2.stream("x", max_new_tokens=50, stop=["a"], seed=12):
         pass
+
+
+def write_forecaster(directory, name, rnn_type, features, head_bias, seed=0, **kw):
+    """A forecaster file (kind "forecaster": rnn.* layers and an fc head, float inputs)."""
+    rng = np.random.default_rng(seed)
+    t = recurrent_tensors(rng, rnn_type, features, **kw)
+    out = kw.get("proj") or kw["hidden"]
+    t["fc.weight"] = rng.uniform(-1.5, 1.5, (features, out)) / np.sqrt(out)
+    if head_bias:
+        t["fc.bias"] = rng.uniform(-0.3, 0.3, features)
+    path = os.path.join(directory, name + ".safetensors")
+    metadata = {"format": "fastlstm", "format_version": format_version("forecaster", rnn_type),
+                "rnn_type": rnn_type, "kind": "forecaster", "input_size": str(features),
+                "output_size": str(features)}
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in t.items()}, path,
+              metadata=metadata)
+    return path
+
+
+def check_forecaster(path, rng, dtype):
+    """predict and forecast on 1 and 2 threads (the same bits), batch 1 (a team on 2
+    threads), 2 and 3, unbatched, in two pieces and from a state."""
+    f1 = fastlstm.load(path, dtype=dtype, num_threads=1)
+    f2 = fastlstm.load(path, dtype=dtype, num_threads=2)
+    assert isinstance(f2, fastlstm.Forecaster)
+    F = f1.config.input_size
+    for batch, steps, ahead in [(1, 300, 60), (3, 40, 25), (2, 1, 1), (1, 5, 1)]:
+        x = rng.standard_normal((batch, steps, F)).astype(np.float32)
+        y, state = f2.predict(x)
+        assert y.shape == (batch, steps, F) and np.isfinite(y).all()
+        y1, state1 = f1.predict(x)
+        assert np.array_equal(y1, y)
+        states_equal(state1, state)
+        future = f2.forecast(x, ahead)
+        assert future.shape == (batch, ahead, F) and np.isfinite(future).all()
+        assert np.array_equal(f1.forecast(x, ahead), future)
+        for b in range(batch):  # each series alone (on 2 threads: a team)
+            assert np.array_equal(f2.forecast(x[b], ahead), future[b])
+        cut = steps // 2
+        if cut:  # two pieces; a forecast from the state after the first
+            ya, sa = f2.predict(x[:, :cut])
+            yb, sb = f2.predict(x[:, cut:], sa)
+            np.testing.assert_allclose(np.concatenate([ya, yb], 1), y, rtol=2e-4, atol=2e-4)
+            states_equal(sb, state, exact=False)
+            np.testing.assert_allclose(f2.forecast(x[:, cut:], ahead, state=sa), future,
+                                       rtol=1e-3, atol=1e-3)
+        y0, s0 = f2.predict(x[0])  # unbatched, and continued from its state
+        assert np.array_equal(y0, y[0])
+        f2.predict(x[0, :1], state=s0)
+
+
+def check_blas(directory, rng):
+    """float32 on a CPU without AVX2 (fastlstm.isa.vector_kernels False): layers and head
+    also held row-major, forward through OpenBLAS when each thread has rows of its own
+    (batch 3 on 2 threads, anything on 1), matmul.h in a team (batch 1 on 2 threads), in
+    prefill and in decoding.  Close to the vector kernels' results, not bitwise."""
+    real = isa.vector_kernels
+    isa.vector_kernels = lambda: False
+    try:
+        paths = [write_model(directory, "blas-" + name, *MODELS[name][:2], **MODELS[name][2])
+                 for name in ("lstm-proj-table", "gru-emb", "grb-table")]
+        paths.append(write_forecaster(directory, "blas-f", "LSTM", 3, True, hidden=11, layers=2,
+                                      proj=4))
+        for path in paths:
+            for threads in (1, 2):
+                model = fastlstm.load(path, dtype="float32", num_threads=threads)
+                isa.vector_kernels = real
+                panels = fastlstm.load(path, dtype="float32", num_threads=threads)
+                isa.vector_kernels = lambda: False
+                if isinstance(model, fastlstm.Forecaster):
+                    assert model._layers[0].w_ih is not None
+                    for batch in (1, 3):
+                        x = rng.standard_normal((batch, 50, 3)).astype(np.float32)
+                        np.testing.assert_allclose(model.predict(x)[0], panels.predict(x)[0],
+                                                   rtol=1e-4, atol=1e-4)
+                        np.testing.assert_allclose(model.forecast(x, 20), panels.forecast(x, 20),
+                                                   rtol=1e-3, atol=1e-3)
+                    continue
+                assert model._head_weight is not None
+                V = model.config.vocab_size
+                for batch in (1, 3):
+                    ids = rng.integers(0, V, (batch, 300))
+                    np.testing.assert_allclose(model.forward(ids)[0], panels.forward(ids)[0],
+                                               rtol=1e-4, atol=1e-4)
+                prompts = [list(rng.integers(0, V, n)) for n in (1, 40, 3)]
+                assert np.array_equal(model.generate_ids(prompts, max_new_tokens=20, seed=1),
+                                      panels.generate_ids(prompts, max_new_tokens=20, seed=1))
+    finally:
+        isa.vector_kernels = real
 
 
 def check_nan_path(directory):
@@ -197,6 +338,7 @@ def check_layers(rng):
     for rnn_type, kw in specs:
         t = lm_tensors(rnn_type, 2, **kw)
         arrays = {k[len("rnn."):]: v for k, v in t.items() if k.startswith("rnn.")}
+        results = {}
         for threads in (1, 2):
             if rnn_type == "LSTM":
                 layer = fastlstm.LSTM(arrays, num_threads=threads)
@@ -204,10 +346,14 @@ def check_layers(rng):
                 layer = fastlstm.GRU(arrays, num_threads=threads)
             else:
                 layer = fastlstm.RNN(arrays, nonlinearity="relu", num_threads=threads)
-            for shape in [(2, 400, kw["emb"]), (5, 3, kw["emb"]), (1, kw["emb"])]:
-                x = rng.standard_normal(shape).astype(np.float32)
+            for shape in [(2, 400, kw["emb"]), (5, 3, kw["emb"]), (1, kw["emb"]),
+                          (1, 90, kw["emb"])]:  # the last two: a team on 2 threads
+                x = np.random.default_rng(shape).standard_normal(shape).astype(np.float32)
                 y, state = layer(x)
                 assert np.isfinite(y).all()
+                if isa.vector_kernels():  # matmul.h's panels: the same bits on any thread count
+                    results.setdefault(shape, y)
+                    assert np.array_equal(results[shape], y), (rnn_type, shape)
                 if len(shape) == 3 and shape[1] > 1:
                     y1, s1 = layer(x[:, :shape[1] // 2])
                     y2, s2 = layer(x[:, shape[1] // 2:], s1)
@@ -256,18 +402,28 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as directory:
         for name, (rnn_type, vocab, kw, table) in MODELS.items():
             path = write_model(directory, name, rnn_type, vocab, **kw)
-            for dtype in DTYPES:  # float32 runs BLAS in forward; the others matmul.h only
+            for dtype in DTYPES:  # matmul.h in every precision (check_blas: OpenBLAS)
                 model = fastlstm.load(path, dtype=dtype, num_threads=2)
                 assert (model._table is not None) == table, f"{name}: table {model._table is not None}"
-                check_forward(model, rng)
+                check_forward(model, rng, fastlstm.load(path, dtype=dtype, num_threads=1))
                 check_generation(path, rng, dtype)
             print(f"  {name}: forward, prefill, decode OK in {', '.join(DTYPES)}", flush=True)
+        for name, (rnn_type, features, kw, head_bias) in FORECASTERS.items():
+            path = write_forecaster(directory, name, rnn_type, features, head_bias, **kw)
+            for dtype in DTYPES:
+                check_forecaster(path, rng, dtype)
+            print(f"  {name}: predict, forecast OK in {', '.join(DTYPES)}", flush=True)
+        check_blas(directory, rng)
+        print("  float32 through OpenBLAS (no vector kernels) OK", flush=True)
         check_nan_path(directory)
         print("  NaN logits: FloatingPointError OK", flush=True)
     check_layers(rng)
     print("  layers OK", flush=True)
     check_sampler_and_matmul(rng)
     print("  sampler, coins, matmul OK", flush=True)
+    print(f"kernel path {isa.kernel_path()} (available: {', '.join(isa.available())}); "
+          f"a team went on alone: decode {_generate.team_solo_until() > 0}, "
+          f"forward/prefill {_rnn.team_solo_until() > 0}")
     print("exercise_kernels: OK")
     return 0
 

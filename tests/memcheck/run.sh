@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
 # Run fastlstm's kernel tests under a memory checker and say whether fastlstm's own code
-# (the extension modules fastlstm._rnn, _generate, _matmul built from src_pyx/) is clean.
+# (the extension modules fastlstm._rnn, _generate, _matmul, _forecast built from src_pyx/)
+# is clean.
 #
 #   tests/memcheck/run.sh [valgrind|asan|all] [--canary]      (default: all)
 #
 # valgrind  valgrind memcheck on the extensions as built in this checkout (build them first:
 #           python setup.py build_ext --inplace), PYTHONMALLOC=malloc so every Python and NumPy
 #           buffer is a malloc block memcheck watches; --track-origins, definite leaks.  Runs a
-#           subset of the kernel tests (VALGRIND_K below) and tests/memcheck/exercise_kernels.py.
-#           ~21 min on 2 cores (torch alone takes a minute to import under valgrind).
+#           subset of the kernel tests (VALGRIND_K below) and tests/memcheck/exercise_kernels.py
+#           once per kernel path in VALGRIND_ISA (default "avx2 portable": valgrind has no
+#           AVX-512, so the avx512 path is ASan's alone).  ~50 min on 2 cores (torch alone
+#           takes a minute to import under valgrind).
 # asan      AddressSanitizer + UndefinedBehaviorSanitizer: copies the checkout to a temporary
 #           directory, builds the extensions there with -fsanitize=address,undefined (setup.py
-#           untouched: CFLAGS/LDFLAGS), and runs ALL the kernel test files, the concurrency test
-#           and exercise_kernels.py with libasan preloaded into Python.  ~2 min + ~2 min build.
+#           untouched: CFLAGS/LDFLAGS), and runs ALL the kernel test files (ASAN_K below), the
+#           concurrency and contention tests, and exercise_kernels.py once per kernel path the
+#           CPU has (FASTLSTM_ISA), with libasan preloaded into Python.  ~10 min + ~2 min build.
 # --canary  also run tests/memcheck/canary.py (a deliberate out-of-bounds read in _rnn) under
 #           each checker and require that it IS reported: proof the checker sees our kernels.
 #
 # Verdict: tests/memcheck/summarize.py classifies every report.  Exit status 0 when every test
 # passed and no error or definite leak involves fastlstm's code; the logs stay in $OUT.
 # Environment: PYTHON (default: python3 on PATH; its real executable is used, not a shim),
-# MEMCHECK_OUT (default: a new directory under ${TMPDIR:-/tmp}).
+# MEMCHECK_OUT (default: a new directory under ${TMPDIR:-/tmp}), VALGRIND_ISA (see above).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -30,7 +34,7 @@ for arg in "$@"; do
   case "$arg" in
     valgrind|asan|all) MODE="$arg" ;;
     --canary) CANARY=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -43,15 +47,31 @@ echo "logs:   $OUT"
 
 KERNEL_TESTS=(tests/test_matmul.py tests/test_precision.py tests/test_numerics.py
               tests/test_generation.py tests/test_model_vs_torch.py
-              tests/test_layers_vs_torch.py tests/test_sampler.py)
+              tests/test_layers_vs_torch.py tests/test_sampler.py
+              tests/test_kernel_paths.py tests/test_forecast.py)
+# Under ASan: every test but the two-threads timing test, and test_kernel_paths' two tests
+# that start Python with only FASTLSTM_ISA, PATH and PYTHONPATH in its environment: without
+# LD_PRELOAD the sanitized extensions cannot load there (ASan's runtime must come first).
+# exercise_kernels.py runs each kernel path in a process of its own, FASTLSTM_ISA set.
+ASAN_K="not two_threads_vs_one and not the_environment_variable \
+and not forced_by_the_environment"
 # Under valgrind (~100x slower): leave out argument validation that never reaches a kernel,
 # n = 2051 products (exercise_kernels.py has one), per-case checks other than logits/state and
 # two-pieces, the torch-module copies of the layer cases, the chi-square sampling tests, and
 # the validation-loss runs (30k tokens per precision; exercise_kernels.py covers those paths).
+# Also the tests whose kernels run in a child process (test_kernel_paths' FASTLSTM_ISA tests):
+# valgrind does not follow exec (no --trace-children), so they would check nothing here;
+# the bundled model's batch-64 seeded text (64 x 80 tokens x 4 models: ~15 min alone; the
+# batch-1 team case stays); and test_forecast's refused inputs, which never reach a kernel.
 VALGRIND_K="not bad_values and not bad_prompts and not 2051 and not test_config \
 and not test_initial_state and not test_state_is_not_modified and not test_one_dimensional_ids \
 and not greedy_continuation and not (test_layer_matches_torch and (from_torch or unbatched)) \
-and not layer_random_shapes and not draws_follow_the_distribution and not validation_loss"
+and not layer_random_shapes and not draws_follow_the_distribution and not validation_loss \
+and not the_environment_variable and not forced_by_the_environment \
+and not (same_text_on_one_and_two_threads and 64) and not bad_series and not bad_steps \
+and not bad_states and not bad_forecaster and not tensors_are_checked and not bad_csv"
+# The kernel paths exercise_kernels.py runs under valgrind (those of them this CPU has).
+VALGRIND_ISA="${VALGRIND_ISA:-avx2 portable}"
 
 status=0
 
@@ -85,26 +105,40 @@ vg() {
     --log-file="$prefix.%p.log" "$@"
 }
 
+# The kernel paths fastlstm.isa says this CPU can run, slowest first: paths DIR [ENV...].
+paths() {
+  (cd "$1" && shift && "$@" "$PY" -c 'import fastlstm.isa as i; print(*i.available())')
+}
+
 run_valgrind() {
   command -v valgrind >/dev/null || { echo "valgrind not found" >&2; return 1; }
-  (cd "$ROOT" && "$PY" -c 'import fastlstm._rnn, fastlstm._generate, fastlstm._matmul') || {
+  (cd "$ROOT" && "$PY" -c 'import fastlstm._rnn, fastlstm._generate, fastlstm._matmul, fastlstm._forecast') || {
     echo "build the extensions first: python setup.py build_ext --inplace" >&2; return 1; }
-  local name
-  for name in _rnn _generate _matmul; do  # a rough staleness check: the module's own .pyx
-    if [ "$ROOT/src_pyx/$name.pyx" -nt "$(ls "$ROOT"/fastlstm/$name.*.so | head -1)" ]; then
-      echo "warning: fastlstm/$name is older than src_pyx/$name.pyx (python setup.py build_ext --inplace)" >&2
-    fi
+  local name src
+  for name in _rnn _generate _matmul _forecast; do  # a rough staleness check
+    for src in "$ROOT"/src_pyx/*; do
+      if [ "$src" -nt "$(ls "$ROOT"/fastlstm/$name.*.so | head -1)" ]; then
+        echo "warning: fastlstm/$name is older than $src (python setup.py build_ext --inplace)" >&2
+        break
+      fi
+    done
   done
-  local dir="$OUT/valgrind" ok=0
+  local dir="$OUT/valgrind" ok=0 isa cpu
   mkdir -p "$dir"
-  rm -rf "$dir"/vg.* "$dir/canary"
-  echo "== valgrind $(valgrind --version): pytest subset + exercise_kernels.py"
+  rm -rf "$dir"/vg.* "$dir/canary" "$dir"/exercise-*.txt
+  cpu=" $(paths "$ROOT") "
+  echo "== valgrind $(valgrind --version): pytest subset + exercise_kernels.py (kernel paths: $VALGRIND_ISA)"
   (cd "$ROOT" && vg "$dir/vg" "$PY" -m pytest -p no:cacheprovider -o junit_family=legacy -q \
       --junitxml="$dir/junit.xml" "${KERNEL_TESTS[@]}" -k "$VALGRIND_K") > "$dir/pytest.txt" 2>&1
   tail -n 3 "$dir/pytest.txt"
   junit_ok "$dir/junit.xml" || ok=1
-  (cd "$ROOT" && vg "$dir/vg" "$PY" "$HERE/exercise_kernels.py") > "$dir/exercise.txt" 2>&1 || ok=1
-  tail -n 1 "$dir/exercise.txt"
+  for isa in $VALGRIND_ISA; do
+    case "$cpu" in *" $isa "*) ;; *) echo "exercise_kernels.py, $isa: not on this CPU"; continue ;; esac
+    (cd "$ROOT" && FASTLSTM_ISA="$isa" vg "$dir/vg" "$PY" "$HERE/exercise_kernels.py") \
+        > "$dir/exercise-$isa.txt" 2>&1
+    grep -q "exercise_kernels: OK" "$dir/exercise-$isa.txt" || ok=1
+    echo "exercise_kernels.py, FASTLSTM_ISA=$isa: $(tail -n 2 "$dir/exercise-$isa.txt" | tr '\n' ' ')"
+  done
   "$PY" "$HERE/summarize.py" valgrind "$dir"/vg.*.xml > "$dir/summary.txt" || ok=1
   sed -n '1,12p;/^fastlstm errors/p' "$dir/summary.txt" | awk '!seen[$0]++'
   echo "(full summary: $dir/summary.txt)"
@@ -158,15 +192,21 @@ run_asan() {
   (cd "$copy" && CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g" \
       LDFLAGS="-fsanitize=address,undefined" "$PY" setup.py build_ext --inplace) > "$dir/build.txt" 2>&1 || {
     echo "sanitized build failed: $dir/build.txt" >&2; return 1; }
-  rm -f "$dir"/asan.* "$dir"/ubsan.*
-  echo "== pytest ${KERNEL_TESTS[*]} tests/test_concurrency.py; exercise_kernels.py"
+  rm -rf "$dir"/asan.* "$dir"/ubsan.* "$dir"/exercise-*.txt "$dir/probe"
+  mkdir -p "$dir/probe"
+  local isa isas
+  isas="$(paths "$copy" sanitized "$dir/probe")"
+  echo "== pytest ${KERNEL_TESTS[*]} tests/test_concurrency.py tests/test_contention.py; exercise_kernels.py (kernel paths: $isas)"
   (cd "$copy" && sanitized "$dir" "$PY" -m pytest -p no:cacheprovider -o junit_family=legacy -q --junitxml="$dir/junit.xml" \
-      "${KERNEL_TESTS[@]}" tests/test_concurrency.py -k "not two_threads_vs_one") > "$dir/pytest.txt" 2>&1
+      "${KERNEL_TESTS[@]}" tests/test_concurrency.py tests/test_contention.py -k "$ASAN_K") > "$dir/pytest.txt" 2>&1
   tail -n 3 "$dir/pytest.txt"
   junit_ok "$dir/junit.xml" || ok=1
-  (cd "$copy" && sanitized "$dir" "$PY" tests/memcheck/exercise_kernels.py) > "$dir/exercise.txt" 2>&1
-  grep -q "exercise_kernels: OK" "$dir/exercise.txt" || ok=1
-  tail -n 1 "$dir/exercise.txt"
+  for isa in $isas; do
+    (cd "$copy" && FASTLSTM_ISA="$isa" sanitized "$dir" "$PY" tests/memcheck/exercise_kernels.py) \
+        > "$dir/exercise-$isa.txt" 2>&1
+    grep -q "exercise_kernels: OK" "$dir/exercise-$isa.txt" || ok=1
+    echo "exercise_kernels.py, FASTLSTM_ISA=$isa: $(tail -n 2 "$dir/exercise-$isa.txt" | tr '\n' ' ')"
+  done
   summarize_asan "$dir" "$dir/summary.txt" || ok=1
   sed -n '1,6p;/^fastlstm errors/p' "$dir/summary.txt" | awk '!seen[$0]++'
   echo "(full summary: $dir/summary.txt)"

@@ -3,9 +3,10 @@ code is clean.
 
 An error is fastlstm's when any frame of any of its stacks (where it happened, and for an
 uninitialised value where that value was created) is in fastlstm's extension modules
-(fastlstm/_rnn, _generate, _matmul) or their sources (src_pyx/).  That includes OpenBLAS,
-libgomp or libc called from our kernels.  Errors elsewhere are listed, not counted against
-fastlstm, in these categories:
+(fastlstm/_rnn, _generate, _matmul, _forecast) or their sources (src_pyx/: the .pyx, .pxd and
+.pxi files and every header: matmul.h, tile_i8.h, gates.h, gru_reset_before.h, team.h, isa.h).
+That includes OpenBLAS, libgomp or libc called from our kernels.  Errors elsewhere are listed,
+not counted against fastlstm, in these categories:
 
 * cpython-zero-int: CPython 3.11's maybe_small_long() computes `Py_SIZE(v) * v->ob_digit[0]`
   for a freshly allocated int whose size is 0, reading a digit it never wrote; memcheck then
@@ -25,8 +26,13 @@ import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
 
-OURS_OBJ = re.compile(r"fastlstm/_(rnn|generate|matmul)\.cpython")
-OURS_FILE = re.compile(r"(^|/)(_rnn|_generate|_matmul)\.(c|pyx)$|\.pxd$|(^|/)(gates|matmul)\.h$")
+# The extension modules (setup.py) and the files they are built from.  valgrind names a
+# frame's file without its directory, ASan with it.
+MODULES = ("_rnn", "_generate", "_matmul", "_forecast")
+HEADERS = ("gates", "matmul", "tile_i8", "gru_reset_before", "team", "isa")
+OURS_OBJ = re.compile(rf"fastlstm/({'|'.join(MODULES)})\.cpython")
+OURS_FILE = re.compile(rf"(^|/)({'|'.join(MODULES)})\.(c|pyx)$|\.pxd$|\.pxi$"
+                       rf"|(^|/)({'|'.join(HEADERS)})\.h$")
 LEAK_KINDS = {"Leak_DefinitelyLost", "Leak_IndirectlyLost", "Leak_PossiblyLost",
               "Leak_StillReachable"}
 
