@@ -55,7 +55,7 @@ import fastlstm  # noqa: E402
 import fastlstm.threads  # noqa: E402
 from fastlstm import _generate, _matmul, _rnn, isa  # noqa: E402
 from fastlstm.pack import pack_matrix  # noqa: E402
-from fastlstm.precision import DTYPES, convert  # noqa: E402
+from fastlstm.precision import DTYPES, store  # noqa: E402
 from fastlstm.tokenizers import CharTokenizer  # noqa: E402
 from fastlstm.weights import format_version  # noqa: E402
 from exploding_relu import write_exploding_relu  # noqa: E402
@@ -377,7 +377,7 @@ def check_sampler_and_matmul(rng):
     for (m, n, k), dtype in itertools.product(
             [(1, 1, 1), (3, 15, 7), (17, 16, 513), (70, 17, 64), (5, 2051, 3)], DTYPES):
         x = rng.standard_normal((m, k)).astype(np.float32)
-        stored = convert(rng.standard_normal((n, k)).astype(np.float32), dtype)
+        stored = store(rng.standard_normal((n, k)).astype(np.float32), dtype)
         w = stored.to_float32()
         bias = rng.standard_normal(n).astype(np.float32)
         packed = pack_matrix(stored)
