@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastlstm.precision import STORAGE, Stored, store
+from fastlstm._matmul import PANEL  # outputs per panel (matmul.h's FL_PANEL)
+from fastlstm.precision import STORAGE, TYPE_CODES, Stored, store
 from fastlstm.roles import LayerWeights, RecurrentWeights
 
-PANEL = 16  # outputs per panel (matmul.h's FL_PANEL)
 ALIGNMENT = 64  # bytes: panels start on a cache line
 # bfloat16 panel rows interleave the two halves of the panel: position 2i holds output i,
 # 2i + 1 holds output 8 + i (matmul.h's fl_panel_slot), so one load gives both halves.
@@ -46,6 +46,11 @@ class PackedMatrix:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.panels, self.scale, self.qsum) if a is not None)
+
+    @property
+    def type_code(self) -> int:
+        """matmul.h's enum fl_wtype for this precision."""
+        return TYPE_CODES[self.dtype]
 
 
 def pack_matrix(w: Stored | np.ndarray, dtype: str | None = None) -> PackedMatrix:

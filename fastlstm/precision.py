@@ -25,11 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DTYPES = ("float32", "float16", "bfloat16", "int8")
+from fastlstm._matmul import WEIGHT_TYPES  # the kernels' own table (matmul.h, matmul.pxd)
+
+DTYPES = tuple(WEIGHT_TYPES)  # "float32", "float16", "bfloat16", "int8"
 # matmul.h's enum fl_wtype
-TYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2, "int8": 3}
+TYPE_CODES = {name: code for name, (code, _) in WEIGHT_TYPES.items()}
 # NumPy's type for the stored elements (bfloat16 as its raw 16 bits)
-STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "int8": np.int8}
+STORAGE = {name: storage.type for name, (_, storage) in WEIGHT_TYPES.items()}
 
 FLOAT16_MAX = 65504.0
 
@@ -68,6 +70,11 @@ class Stored:
     @property
     def nbytes(self) -> int:
         return self.data.nbytes + (0 if self.scale is None else self.scale.nbytes)
+
+    @property
+    def type_code(self) -> int:
+        """matmul.h's enum fl_wtype for this precision."""
+        return TYPE_CODES[self.dtype]
 
     def to_float32(self) -> np.ndarray:
         """The weight's values as float32 (exact: every stored value is a float32)."""

@@ -4,13 +4,20 @@
 
 from libc.stdint cimport int64_t
 
-from matmul cimport (fl_gather_rows, fl_gather_rows_scalar, fl_matmul, fl_matmul_has_avx2,
-                     fl_matmul_scalar, fl_matrix, fl_packed_size)
+from matmul cimport (FL_BF16, FL_F16, FL_F32, FL_I8, FL_PANEL, fl_gather_rows,
+                     fl_gather_rows_scalar, fl_matmul, fl_matmul_has_avx2, fl_matmul_scalar,
+                     fl_matrix, fl_packed_size, wtype_numpy_char)
 from stack cimport Rows, fill_matrix, fill_rows
 
 import numpy as np
 
 include "isa.pxi"
+
+# What matmul.h's weights are (its enum fl_wtype and FL_PANEL), for Python: each weight
+# type's name -> (its code, the NumPy type of its elements), and the outputs per panel.
+WEIGHT_TYPES = {name: (code, np.dtype(wtype_numpy_char(code))) for name, code in (
+    ("float32", FL_F32), ("float16", FL_F16), ("bfloat16", FL_BF16), ("int8", FL_I8))}
+PANEL = FL_PANEL
 
 
 def has_avx2():
@@ -20,8 +27,7 @@ def has_avx2():
 
 def packed_size(int n, int k, str dtype="float32"):
     """Elements in the packed form of a weight W (n, k) stored as `dtype`."""
-    from fastlstm.precision import TYPE_CODES
-    return fl_packed_size(TYPE_CODES[dtype], n, k)
+    return fl_packed_size(WEIGHT_TYPES[dtype][0], n, k)
 
 
 cdef int row_stride(a, str name) except -1:

@@ -22,6 +22,7 @@ cdef extern from "matmul.h" nogil:
         int n
         int k
 
+    int FL_PANEL  # outputs per panel
     # Elements in the packed form of W (n, k) stored as `type`.
     size_t fl_packed_size(int type, int n, int k)
     # y[r, j] := v (or y[r, j] + v if accumulate), v = sum_kk x[r, kk] W[j, kk] (+ bias[j])
@@ -44,6 +45,13 @@ cdef extern from "matmul.h" nogil:
                                const int64_t *ids, int count, float *rows, int ld)
     # Whether fl_matmul runs vector kernels (the AVX2 or the AVX-512 path).
     int fl_matmul_has_avx2()
+
+
+# The NumPy element type (dtype.char) matmul.h reads for each enum fl_wtype, in its order:
+# float32, float16, bfloat16 as its raw 16 bits (uint16), int8.  fastlstm._matmul publishes
+# the types as WEIGHT_TYPES, which fastlstm.precision and fastlstm.pack read.
+cdef inline str wtype_numpy_char(int wtype):
+    return "feHb"[wtype]
 
 
 cdef extern from "isa.h" nogil:

@@ -6,7 +6,8 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from blas cimport matmul_wt
-from matmul cimport FL_I8, fl_gather_rows, fl_matmul_part, fl_matrix, fl_packed_size
+from matmul cimport (FL_I8, fl_gather_rows, fl_matmul_part, fl_matrix, fl_packed_size,
+                     wtype_numpy_char)
 from cells cimport gru_step, lstm_step, rnn_step
 from gru_reset_before cimport gru_rb_reset, gru_rb_update
 
@@ -237,18 +238,17 @@ cdef inline const float *float_ptr(object array, str name, bint optional=False) 
 
 cdef inline int fill_matrix(fl_matrix *m, object packed, str name, bint optional=False) except -1:
     """Point `m` at a fastlstm.pack.PackedMatrix (panels NULL for an optional None)."""
-    from fastlstm.precision import STORAGE, TYPE_CODES
     if packed is None:
         if not optional:
             raise ValueError(f"{name} is required")
         m.panels, m.scale, m.qsum, m.type, m.n, m.k = NULL, NULL, NULL, 0, 0, 0
         return 0
     panels = packed.panels
-    m.type = TYPE_CODES[packed.dtype]
+    m.type = packed.type_code
     m.n, m.k = packed.n, packed.k
     if m.n < 1 or m.k < 1:
         raise ValueError(f"{name}: an empty matrix ({m.n}, {m.k})")
-    if (panels.dtype != STORAGE[packed.dtype] or panels.ndim != 1
+    if (panels.dtype.char != wtype_numpy_char(m.type) or panels.ndim != 1
             or panels.size != fl_packed_size(m.type, m.n, m.k)
             or panels.ctypes.data % 64 or not panels.flags.c_contiguous):
         raise ValueError(f"{name}: panels of the wrong size or alignment")
@@ -269,11 +269,11 @@ cdef inline int fill_matrix(fl_matrix *m, object packed, str name, bint optional
 
 cdef inline int fill_rows(Rows *t, object stored, str name) except -1:
     """Point `t` at a fastlstm.precision.Stored 2-D array (vocab, width)."""
-    from fastlstm.precision import STORAGE, TYPE_CODES
     data = stored.data
-    if data.dtype != STORAGE[stored.dtype] or data.ndim != 2 or not data.flags.c_contiguous or data.size == 0:
+    t.type = stored.type_code
+    if (data.dtype.char != wtype_numpy_char(t.type) or data.ndim != 2
+            or not data.flags.c_contiguous or data.size == 0):
         raise ValueError(f"{name} must be a non-empty C-contiguous 2-D array")
-    t.type = TYPE_CODES[stored.dtype]
     t.width = data.shape[1]
     t.data = <const void *> <size_t> data.ctypes.data
     t.scale = NULL
