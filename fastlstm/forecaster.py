@@ -18,7 +18,7 @@ import numpy as np
 from fastlstm import _forecast, _rnn, isa
 from fastlstm.config import ForecasterConfig
 from fastlstm.state import State, state_buffers
-from fastlstm.pack import pack_layers, pack_matrix, step_weights
+from fastlstm.pack import distinct_nbytes, pack_layers, pack_matrix, step_weights
 from fastlstm.precision import check_dtype, store
 from fastlstm.threads import call_threads, resolve_num_threads
 from fastlstm.roles import ForecasterWeights
@@ -63,12 +63,8 @@ class Forecaster:
     @property
     def nbytes(self) -> int:
         """Bytes of weights held in memory (any row-major copies for BLAS included)."""
-        arrays = [self._head_weight, self._head.panels, self._head.scale,
-                  self._head.qsum, self._head_bias]
-        for layer in self._layers:
-            arrays += layer.arrays
-        unique = {id(a): a for a in arrays if a is not None}
-        return sum(a.nbytes for a in unique.values())
+        return distinct_nbytes([self._head_weight, *self._head.arrays, self._head_bias,
+                                *(a for layer in self._layers for a in layer.arrays)])
 
     @property
     def kernel_path(self) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 from fastlstm import _rnn, isa
 from fastlstm import generation
 from fastlstm.config import ModelConfig
-from fastlstm.pack import input_table, pack_layers, pack_matrix, step_weights
+from fastlstm.pack import distinct_nbytes, input_table, pack_layers, pack_matrix, step_weights
 from fastlstm.precision import DTYPES, check_dtype, store
 from fastlstm.roles import ForecasterWeights, ModelWeights
 from fastlstm.sampling import GenerationParams
@@ -127,15 +127,10 @@ class Model:
     def nbytes(self) -> int:
         """Bytes of weights held in memory (the lookup table and any row-major copies for
         BLAS included)."""
-        arrays = [self._head_weight, self._head.panels, self._head.scale,
-                  self._head.qsum, self._head_bias]
-        for rows in (self._table, self._embedding):
-            if rows is not None:
-                arrays += [rows.data, rows.scale]
-        for layer in self._layers:
-            arrays += layer.arrays
-        unique = {id(a): a for a in arrays if a is not None}
-        return sum(a.nbytes for a in unique.values())
+        tables = [r for r in (self._table, self._embedding) if r is not None]
+        rows = [a for r in tables for a in (r.data, r.scale)]
+        return distinct_nbytes([self._head_weight, *self._head.arrays, self._head_bias, *rows,
+                                *(a for layer in self._layers for a in layer.arrays)])
 
     @property
     def kernel_path(self) -> str:

@@ -19,6 +19,13 @@ ALIGNMENT = 64  # bytes: panels start on a cache line
 _BF16_ORDER = np.array([o for i in range(8) for o in (i, 8 + i)])
 
 
+def distinct_nbytes(arrays) -> int:
+    """Bytes of the distinct arrays among `arrays` (None skipped; one held twice, as a tied
+    embedding and head, counted once): what a model's nbytes reports."""
+    unique = {id(a): a for a in arrays if a is not None}
+    return sum(a.nbytes for a in unique.values())
+
+
 def aligned_empty(count: int, dtype) -> np.ndarray:
     """An uninitialised 1-D array of `count` elements whose data is 64-byte aligned."""
     itemsize = np.dtype(dtype).itemsize
@@ -51,6 +58,11 @@ class PackedMatrix:
     def type_code(self) -> int:
         """matmul.h's enum fl_wtype for this precision."""
         return TYPE_CODES[self.dtype]
+
+    @property
+    def arrays(self) -> list[np.ndarray]:
+        """Every array this matrix holds."""
+        return [a for a in (self.panels, self.scale, self.qsum) if a is not None]
 
 
 def pack_matrix(w: Stored | np.ndarray, dtype: str | None = None) -> PackedMatrix:
@@ -104,7 +116,7 @@ class PackedLayer:
         out = [self.bias_x, self.bias_hn, self.w_ih, self.w_hh, self.w_hr]
         for m in (self.w_ih_panels, self.w_hh_panels, self.w_hr_panels, self.w_hn_panels):
             if m is not None:
-                out += [m.panels, m.scale, m.qsum]
+                out += m.arrays
         return [a for a in out if a is not None]
 
 
