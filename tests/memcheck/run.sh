@@ -10,13 +10,13 @@
 #           buffer is a malloc block memcheck watches; --track-origins, definite leaks.  Runs a
 #           subset of the kernel tests (VALGRIND_K below) and tests/memcheck/exercise_kernels.py
 #           once per kernel path in VALGRIND_ISA (default "avx2 portable": valgrind has no
-#           AVX-512, so the avx512 path is ASan's alone).  ~50 min on 2 cores (torch alone
+#           AVX-512, so the avx512 path is ASan's alone).  ~45 min on 2 cores (torch alone
 #           takes a minute to import under valgrind).
 # asan      AddressSanitizer + UndefinedBehaviorSanitizer: copies the checkout to a temporary
 #           directory, builds the extensions there with -fsanitize=address,undefined (setup.py
 #           untouched: CFLAGS/LDFLAGS), and runs ALL the kernel test files (ASAN_K below), the
 #           concurrency and contention tests, and exercise_kernels.py once per kernel path the
-#           CPU has (FASTLSTM_ISA), with libasan preloaded into Python.  ~10 min + ~2 min build.
+#           CPU has (FASTLSTM_ISA), with libasan preloaded into Python.  ~5 min + ~8 min build.
 # --canary  also run tests/memcheck/canary.py (a deliberate out-of-bounds read in _rnn) under
 #           each checker and require that it IS reported: proof the checker sees our kernels.
 #
@@ -61,8 +61,9 @@ and not forced_by_the_environment"
 # the validation-loss runs (30k tokens per precision; exercise_kernels.py covers those paths).
 # Also the tests whose kernels run in a child process (test_kernel_paths' FASTLSTM_ISA tests):
 # valgrind does not follow exec (no --trace-children), so they would check nothing here;
-# the bundled model's batch-64 seeded text (64 x 80 tokens x 4 models: ~15 min alone; the
-# batch-1 team case stays); and test_forecast's refused inputs, which never reach a kernel.
+# the bundled model's seeded text at batch 64 (64 rows x 80 tokens, float32 and int8, 1 and 2
+# threads, 1.9M parameters: 18 min alone under valgrind; the batch-1 team case stays); and
+# test_forecast's refused inputs, which never reach a kernel.
 VALGRIND_K="not bad_values and not bad_prompts and not 2051 and not test_config \
 and not test_initial_state and not test_state_is_not_modified and not test_one_dimensional_ids \
 and not greedy_continuation and not (test_layer_matches_torch and (from_torch or unbatched)) \
@@ -115,8 +116,8 @@ run_valgrind() {
   (cd "$ROOT" && "$PY" -c 'import fastlstm._rnn, fastlstm._generate, fastlstm._matmul, fastlstm._forecast') || {
     echo "build the extensions first: python setup.py build_ext --inplace" >&2; return 1; }
   local name src
-  for name in _rnn _generate _matmul _forecast; do  # a rough staleness check
-    for src in "$ROOT"/src_pyx/*; do
+  for name in _rnn _generate _matmul _forecast; do  # a rough staleness check: its .pyx, and
+    for src in "$ROOT/src_pyx/$name.pyx" "$ROOT"/src_pyx/*.{pxd,pxi,h}; do  # what it includes
       if [ "$src" -nt "$(ls "$ROOT"/fastlstm/$name.*.so | head -1)" ]; then
         echo "warning: fastlstm/$name is older than $src (python setup.py build_ext --inplace)" >&2
         break
