@@ -57,7 +57,7 @@ from fastlstm import _generate, _matmul, _rnn, isa  # noqa: E402
 from fastlstm.pack import pack_matrix  # noqa: E402
 from fastlstm.precision import DTYPES, store  # noqa: E402
 from fastlstm.tokenizers import CharTokenizer  # noqa: E402
-from fastlstm.weights import format_version  # noqa: E402
+from fastlstm.file_format import format_version  # noqa: E402
 from exploding_relu import write_exploding_relu  # noqa: E402
 
 # Teams for these small models too (threads.call_threads would give a batch-1 call one thread).
