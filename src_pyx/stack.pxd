@@ -51,12 +51,9 @@ cdef extern from "team.h" nogil:
     long long fl_team_take_wait(fl_team *team, int t)
     long long fl_now_ns()
     long long fl_get_team_solo_until()
-    void fl_set_team_solo_until(long long t)
-    int fl_get_team_lagging()
-    void fl_set_team_lagging(int windows)
-    long long fl_get_team_solo_ns()
-    void fl_set_team_solo_ns(long long ns)
-    int fl_team_window_add(long long elapsed, long long wait, long long window_ns)
+    long long fl_team_judge(long long now, long long elapsed, long long wait,
+                            long long window_ns, int lagging_windows, long long solo_min_ns,
+                            long long solo_max_ns)
 
 
 cdef struct Team:
@@ -129,23 +126,14 @@ cdef inline long long team_take_waits(Team *team) noexcept nogil:
 
 cdef inline bint team_add_to_window(Team *team, long long now) noexcept nogil:
     """Thread 0: add the team time since team.since, and its longest wait, to the module's
-    window; once the window is full, judge it (lagging or not).  True if thread 0 should
-    now work alone (and then until when is set)."""
-    cdef long long elapsed = now - team.since
-    cdef int lagged = fl_team_window_add(elapsed, team_take_waits(team), TEAM_WINDOW_NS)
-    cdef long long alone
-    if lagged < 0:
+    window, which team.h's fl_team_judge judges once full.  True if thread 0 should now
+    work alone (team.solo_until then says until when)."""
+    cdef long long elapsed = now - team.since  # before team_take_waits starts a new stretch
+    cdef long long until = fl_team_judge(now, elapsed, team_take_waits(team), TEAM_WINDOW_NS,
+                                         LAGGING_WINDOWS, SOLO_MIN_NS, SOLO_MAX_NS)
+    if until == 0:
         return False
-    cdef int lagging = fl_get_team_lagging() + 1 if lagged else 0
-    fl_set_team_lagging(lagging if lagging < LAGGING_WINDOWS else 0)
-    if lagging == 0:
-        fl_set_team_solo_ns(SOLO_MIN_NS)  # the team ran well: a next time alone starts short
-    if lagging < LAGGING_WINDOWS:
-        return False
-    alone = max(fl_get_team_solo_ns(), SOLO_MIN_NS)
-    fl_set_team_solo_ns(min(2 * alone, SOLO_MAX_NS))
-    team.solo_until = now + alone
-    fl_set_team_solo_until(team.solo_until)
+    team.solo_until = until
     return True
 
 

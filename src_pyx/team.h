@@ -147,62 +147,59 @@ static inline long long fl_team_take_wait(fl_team *team, int t)
     return __atomic_exchange_n(&team->waited[t], 0, __ATOMIC_RELAXED);
 }
 
-/* Until when (CLOCK_MONOTONIC, ns) the teams of this module let thread 0 work alone, how
- * many windows in a row they were found lagging, how long the next time alone lasts, and
- * the window being filled (team time, and the longest waits in it): kept across calls
- * (stack.pxd's team_wants_solo), so that short calls (a stream's chunks) add up to a
- * judgement and do not each pay to find it out again.  Relaxed atomics: any recent value
- * will do. */
+/* What the teams of this module found, kept across calls so that short calls (a stream's
+ * chunks) add up to a judgement and do not each pay to find it out again: until when
+ * (CLOCK_MONOTONIC, ns) thread 0 works alone, how many windows in a row were lagging, how
+ * long the next time alone lasts (0: the shortest), and the window being filled (team time,
+ * and the longest waits in it).  Relaxed atomics: any recent value will do. */
 static long long fl_team_solo_until = 0;
 static int fl_team_lagging = 0;
-static long long fl_team_solo_ns = 0; /* how long the next time alone lasts (0: the shortest) */
+static long long fl_team_solo_ns = 0;
 static long long fl_team_window_ns = 0;
 static long long fl_team_window_wait_ns = 0;
 
-/* Adds `elapsed` ns of team time, in which some thread waited `wait` ns, to the window.
- * Once the window holds `window_ns`, returns whether waiting took more than half of it
- * (1 or 0) and starts a new one; until then, -1. */
-static inline int fl_team_window_add(long long elapsed, long long wait, long long window_ns)
+/* Thread 0 of a team, at `now`: adds `elapsed` ns of team time, in which some thread waited
+ * `wait` ns, to the window.  Once the window holds `window_ns` it is judged (lagging if the
+ * waiting took more than half of it) and a new one starts.  After `lagging_windows` lagging
+ * windows in a row, returns until when thread 0 works alone: `solo_min_ns` the first time,
+ * twice as long each time the team is still found lagging, up to `solo_max_ns`; a window
+ * that is not lagging makes the next time alone short again.  Otherwise returns 0.  (The
+ * policy and its numbers: stack.pxd's team_wants_solo.) */
+static inline long long fl_team_judge(long long now, long long elapsed, long long wait,
+                                      long long window_ns, int lagging_windows,
+                                      long long solo_min_ns, long long solo_max_ns)
 {
-    long long span, waited;
+    long long span, waited, alone;
+    int lagging;
     __atomic_add_fetch(&fl_team_window_wait_ns, wait, __ATOMIC_RELAXED);
     if (__atomic_add_fetch(&fl_team_window_ns, elapsed, __ATOMIC_RELAXED) < window_ns)
-        return -1;
+        return 0;
     span = __atomic_exchange_n(&fl_team_window_ns, 0, __ATOMIC_RELAXED);
     waited = __atomic_exchange_n(&fl_team_window_wait_ns, 0, __ATOMIC_RELAXED);
     if (span < window_ns) /* another call judged it just now */
-        return -1;
-    return 2 * waited > span;
-}
-
-static inline long long fl_get_team_solo_ns(void)
-{
-    return __atomic_load_n(&fl_team_solo_ns, __ATOMIC_RELAXED);
-}
-
-static inline void fl_set_team_solo_ns(long long ns)
-{
-    __atomic_store_n(&fl_team_solo_ns, ns, __ATOMIC_RELAXED);
-}
-
-static inline int fl_get_team_lagging(void)
-{
-    return __atomic_load_n(&fl_team_lagging, __ATOMIC_RELAXED);
-}
-
-static inline void fl_set_team_lagging(int windows)
-{
-    __atomic_store_n(&fl_team_lagging, windows, __ATOMIC_RELAXED);
+        return 0;
+    if (2 * waited <= span) {
+        __atomic_store_n(&fl_team_lagging, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&fl_team_solo_ns, solo_min_ns, __ATOMIC_RELAXED);
+        return 0;
+    }
+    lagging = __atomic_load_n(&fl_team_lagging, __ATOMIC_RELAXED) + 1;
+    __atomic_store_n(&fl_team_lagging, lagging < lagging_windows ? lagging : 0,
+                     __ATOMIC_RELAXED);
+    if (lagging < lagging_windows)
+        return 0;
+    alone = __atomic_load_n(&fl_team_solo_ns, __ATOMIC_RELAXED);
+    if (alone < solo_min_ns)
+        alone = solo_min_ns;
+    __atomic_store_n(&fl_team_solo_ns, 2 * alone < solo_max_ns ? 2 * alone : solo_max_ns,
+                     __ATOMIC_RELAXED);
+    __atomic_store_n(&fl_team_solo_until, now + alone, __ATOMIC_RELAXED);
+    return now + alone;
 }
 
 static inline long long fl_get_team_solo_until(void)
 {
     return __atomic_load_n(&fl_team_solo_until, __ATOMIC_RELAXED);
-}
-
-static inline void fl_set_team_solo_until(long long t)
-{
-    __atomic_store_n(&fl_team_solo_until, t, __ATOMIC_RELAXED);
 }
 
 #endif /* FASTLSTM_TEAM_H */
