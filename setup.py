@@ -37,9 +37,10 @@ def extension(name):
 
 setup(
     ext_modules=cythonize(
-        [extension("_rnn"), extension("_generate"), extension("_matmul"),
+        [extension("_packed"), extension("_rnn"), extension("_generate"), extension("_matmul"),
          extension("_forecast")],
-        include_path=["src_pyx"],
+        # ".": the kernel modules cimport fastlstm._packed's PackedModel (fastlstm/_packed.pxd).
+        include_path=["src_pyx", "."],
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,

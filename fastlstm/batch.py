@@ -41,6 +41,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from fastlstm.durable import append_whole, fsync_dir, lock, recover_lines
+from fastlstm.generation import generate_all
 from fastlstm.manifest import MANIFEST_SUFFIX, Manifest, job_options, option_differences
 from fastlstm.sampling import GenerationParams
 
@@ -313,30 +314,17 @@ def _generate_or_split(model, group: list[Task]) -> list[dict | str]:
 
 
 def _generate_group(model, tasks: list[Task]) -> list[dict]:
-    params = tasks[0].params
-    out = model.generate_ids([t.ids for t in tasks], **params,
-                             seed=tuple(t.seed for t in tasks))
-    tokenizer = model.tokenizer
-    max_new = params.get("max_new_tokens", GenerationParams.max_new_tokens)
-    stop_ids = [tokenizer.encode(s) for s in _as_list(params.get("stop"))]
-    eos = set(_as_list(params.get("eos_token_id")))
+    params = GenerationParams(**tasks[0].params, seed=tuple(t.seed for t in tasks))
+    decoder = generate_all(model, [t.ids for t in tasks], params)
     records = []
-    for task, row in zip(tasks, out):
-        new = row[row >= 0].tolist()
-        stream = tokenizer.stream_decoder(previous=task.ids)
+    for row, task in enumerate(tasks):
+        new = decoder.row_ids(row).tolist()
+        stream = model.tokenizer.stream_decoder(previous=task.ids)
         text = stream.decode(new) + stream.flush()
-        stopped = len(new) < max_new or (new and new[-1] in eos) or any(
-            new[-len(s):] == s for s in stop_ids)
         records.append({"id": task.id, "prompt": task.prompt, "text": text,
                         "prompt_tokens": len(task.ids), "new_tokens": len(new),
-                        "finish_reason": "stop" if stopped else "length", "seed": task.seed})
+                        "finish_reason": decoder.finish_reason(row), "seed": task.seed})
     return records
-
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    return [value] if isinstance(value, (str, int)) else list(value)
 
 
 def check_params(params: dict, model=None) -> tuple[dict, str]:

@@ -11,14 +11,13 @@ prediction back as the next input, for every series of the batch, in one call.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from fastlstm import _forecast, _rnn, isa
+from fastlstm._packed import PackedModel
 from fastlstm.config import ForecasterConfig
 from fastlstm.state import State, state_buffers
-from fastlstm.pack import distinct_nbytes, pack_layers, pack_matrix, step_weights
+from fastlstm.pack import pack_layers, pack_matrix
 from fastlstm.precision import check_dtype, store
 from fastlstm.threads import call_threads, resolve_num_threads
 from fastlstm.roles import ForecasterWeights
@@ -48,23 +47,18 @@ class Forecaster:
         # As in Model: matmul.h's panels, plus row-major copies for BLAS in predict() only
         # for float32 on CPUs without matmul.h's vector paths.
         blas = dtype == "float32" and not isa.vector_kernels()
-        self._layers = pack_layers(weights.recurrent, dtype, row_major=blas)
-        # forecast() runs the history on the panels, never BLAS: a series' forecast is then
-        # bitwise the same whatever else is in the batch and however many threads run.
-        self._panel_layers = [replace(layer, w_ih=None, w_hh=None, w_hr=None)
-                              for layer in self._layers] if blas else self._layers
         head = store(weights.head_weight, dtype, "the head")  # (outputs, out)
-        self._head = pack_matrix(head)
-        self._head_weight = head.data if blas else None  # (outputs, out) row-major, for BLAS
-        self._step_weights = step_weights(self._layers, self._head)
-        self._head_bias = (None if weights.head_bias is None
-                           else np.ascontiguousarray(weights.head_bias, dtype=np.float32))
+        self.packed = PackedModel(
+            self.config.rnn_type, pack_layers(weights.recurrent, dtype, row_major=blas),
+            head=pack_matrix(head),
+            head_w=head.data if blas else None,  # (outputs, out) row-major, for BLAS
+            head_b=(None if weights.head_bias is None
+                    else np.ascontiguousarray(weights.head_bias, dtype=np.float32)))
 
     @property
     def nbytes(self) -> int:
         """Bytes of weights held in memory (any row-major copies for BLAS included)."""
-        return distinct_nbytes([self._head_weight, *self._head.arrays, self._head_bias,
-                                *(a for layer in self._layers for a in layer.arrays)])
+        return self.packed.nbytes
 
     @property
     def kernel_path(self) -> str:
@@ -80,7 +74,7 @@ class Forecaster:
                 f"kernels={self.kernel_path})")
 
     def _threads(self, batch: int) -> int:
-        return call_threads(self.num_threads, batch, self._step_weights)
+        return call_threads(self.num_threads, batch, self.packed.step_weights)
 
     def initial_state(self, batch_size: int = 1) -> State:
         """Zeros, in PyTorch's layout: LSTM (h, c), else h; (num_layers, batch, size)."""
@@ -134,9 +128,7 @@ class Forecaster:
         h, c = self._state(state, batch)
         _check_output_size(batch * steps * self.config.output_size)
         y = np.empty((batch, steps, self.config.output_size), np.float32)
-        _rnn.forward(self.config.rnn_type, self._layers, h=h, c=c, x=series, logits=y,
-                     head=self._head, head_w=self._head_weight, head_b=self._head_bias,
-                     num_threads=self._threads(batch))
+        _rnn.forward(self.packed, h=h, c=c, x=series, logits=y, num_threads=self._threads(batch))
         if unbatched:
             return y[0], _unbatched_state(h, c)
         return y, ((h, c) if c is not None else h)
@@ -172,13 +164,13 @@ class Forecaster:
         batch = series.shape[0]
         _check_output_size(batch * int(steps) * cfg.input_size)
         h, c = self._state(state, batch)
-        # The history: one product per layer for its input projections (on the panels, so
-        # the result does not depend on the batch or the threads); only the state is kept.
-        _rnn.forward(cfg.rnn_type, self._panel_layers, h=h, c=c, x=series,
-                     num_threads=self._threads(batch))
+        # The history: one product per layer for its input projections (on the panels, never
+        # BLAS, so a series' forecast does not depend on the batch or the threads); only the
+        # state is kept.
+        _rnn.forward(self.packed, h=h, c=c, x=series, num_threads=self._threads(batch),
+                     panels_only=True)
         out = np.empty((batch, int(steps), cfg.input_size), np.float32)
-        _forecast.forecast(cfg.rnn_type, self._layers, head=self._head, head_b=self._head_bias,
-                           h=h, c=c, out=out, num_threads=self._threads(batch))
+        _forecast.forecast(self.packed, h=h, c=c, out=out, num_threads=self._threads(batch))
         return out[0] if unbatched else out
 
 

@@ -1,9 +1,10 @@
 """Generation: prompts in, new tokens out, through the nogil decode loop (fastlstm._generate).
 
-A `Decoder` holds one generation run: the recurrent state of every sequence after its prompt,
-the sampling parameters, the random streams and the output buffer.  `run(steps)` enters C
-once and generates up to `steps` tokens for every running sequence; generate calls it once,
-streaming calls it once per chunk.
+A `Decoder` holds one generation run: the recurrent state of every sequence after its prompt
+(prefilled by fastlstm._rnn.prefill), the random streams, the stop conditions and the output
+buffer, gathered once into a `fastlstm._generate.DecodeState`.  `run(steps)` enters C once,
+`decode(model.packed, state, params, steps)`, and generates up to `steps` tokens for every
+running sequence; generate calls it once, streaming calls it once per chunk.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from fastlstm import _generate, _rnn
 from fastlstm.sampling import GenerationParams, check_output_fits
 from fastlstm.threads import call_threads
 
+# Why a row stopped, by the decode loop's code (fastlstm._generate's finish codes).
+FINISH_REASONS = (None, "length", "stop")
+
 
 class Decoder:
-    """One generation run over `prompts` (lists of token ids, each at least one id long).
+    """One generation run over `prompts` (token ids: lists, or an int array (batch, steps);
+    each prompt at least one id long, every id in the vocabulary: checked here).
 
     Rows are the sequences generated: prompt p's j-th sample is row p * n + j, where
     n = params.num_return_sequences.  Row r draws its random numbers from the stream
@@ -30,11 +35,12 @@ class Decoder:
     def __init__(self, model, prompts: Sequence[Sequence[int]], params: GenerationParams,
                  num_threads: int):
         cfg = model.config
+        prompts = check_prompt_ids(prompts, cfg.vocab_size)
         n = params.num_return_sequences
         rows = len(prompts) * n
         check_output_fits(rows, params.max_new_tokens)
         self.model, self.params = model, params
-        self.prompts = [list(p) for p in prompts]
+        self.prompts = prompts
 
         # Per row: seed and stream (see the class docstring).
         if params.seed is None:
@@ -46,61 +52,61 @@ class Decoder:
             if len(seeds) != len(prompts):
                 raise ValueError(f"seed has {len(seeds)} values for {len(prompts)} prompts")
             streams = np.tile(np.arange(n, dtype=np.uint64), len(prompts))
-        self.seed = np.repeat(seeds, n)
-        self.stream = streams
 
-        self.eos = np.array(params.eos_token_id, np.int64)
-        if np.any(self.eos >= cfg.vocab_size):
-            raise ValueError(f"eos_token_id {int(self.eos.max())} is out of range for a "
+        eos = np.array(params.eos_token_id, np.int64)
+        if np.any(eos >= cfg.vocab_size):
+            raise ValueError(f"eos_token_id {int(eos.max())} is out of range for a "
                              f"vocabulary of {cfg.vocab_size}")
         stop_ids = [_stop_ids(model.tokenizer, s) for s in params.stop]
-        self.stops = np.array([i for ids in stop_ids for i in ids], np.int64)
-        self.stop_end = np.cumsum([len(ids) for ids in stop_ids]).astype(np.int64)
 
         # State after each prompt but its last token, which the first decode step feeds.
-        self.h, self.c = _prefill(model, self.prompts, n)
-        self.last = np.array([p[-1] for p in self.prompts for _ in range(n)], np.int64)
-        self.order = np.arange(rows, dtype=np.int64)
+        h, c = _prefill(model, self.prompts, n)
         self.out = np.full((rows, params.max_new_tokens), -1, np.int64)
         self.length = np.zeros(rows, np.int64)
-        self.seen = None
+        self.finish = np.zeros(rows, np.uint8)  # FINISH_REASONS' codes, from the decode loop
+        seen = None
         if params.repetition_penalty != 1.0:
-            self.seen = np.zeros((rows, cfg.vocab_size), np.uint8)
+            seen = np.zeros((rows, cfg.vocab_size), np.uint8)
             for p, prompt in enumerate(self.prompts):
-                self.seen[p * n:(p + 1) * n, prompt] = 1
+                seen[p * n:(p + 1) * n, prompt] = 1
 
         # Thread t owns slots [slot_begin[t], slot_begin[t+1]); its running rows come first.
         # With fewer rows than threads (and steps big enough to share, threads.call_threads),
         # the threads form one team that shares every product of all rows instead (the same
         # bits either way).
-        num_threads = call_threads(num_threads, rows, model._step_weights)
-        self.team_size = num_threads if rows < num_threads else 1
-        threads = max(1, min(num_threads, rows)) if self.team_size == 1 else 1
-        self.slot_begin = np.array([t * rows // threads for t in range(threads + 1)], np.intc)
-        self.n_active = np.diff(self.slot_begin).astype(np.intc)
+        num_threads = call_threads(num_threads, rows, model.packed.step_weights)
+        team_size = num_threads if rows < num_threads else 1
+        threads = max(1, min(num_threads, rows)) if team_size == 1 else 1
+        slot_begin = np.array([t * rows // threads for t in range(threads + 1)], np.intc)
+
+        self.state = _generate.DecodeState(
+            model.packed, h=h, c=c,
+            last=np.array([p[-1] for p in self.prompts for _ in range(n)], np.int64),
+            out=self.out, length=self.length, finish=self.finish, seen=seen,
+            seed=np.repeat(seeds, n), stream=streams, eos=eos,
+            stops=np.array([i for ids in stop_ids for i in ids], np.int64),
+            stop_end=np.cumsum([len(ids) for ids in stop_ids]).astype(np.int64),
+            slot_begin=slot_begin, n_active=np.diff(slot_begin).astype(np.intc),
+            team_size=team_size)
 
     @property
     def done(self) -> bool:
         """Whether every sequence has stopped or reached max_new_tokens."""
-        return not self.n_active.any()
+        return self.state.done
 
     def run(self, steps: int) -> None:
         """Generate up to `steps` more tokens for every running sequence (GIL released)."""
-        m = self.model
-        p = self.params
-        _generate.decode(
-            m.config.rnn_type, m._layers, **m._layer0_input(), head=m._head,
-            vocab=m.config.vocab_size, head_b=m._head_bias, h=self.h, c=self.c, last=self.last, order=self.order, out=self.out, length=self.length, seen=self.seen,
-            seed=self.seed, stream=self.stream, eos=self.eos, stops=self.stops,
-            stop_end=self.stop_end, slot_begin=self.slot_begin, n_active=self.n_active,
-            temperature=p.temperature, top_k=p.top_k if p.top_k < m.config.vocab_size else 0,
-            top_p=p.top_p, min_p=p.min_p,
-            repetition_penalty=p.repetition_penalty, steps=steps, team_size=self.team_size,
-            watch_signals=threading.current_thread() is threading.main_thread())
+        _generate.decode(self.model.packed, self.state, self.params, steps,
+                         watch_signals=threading.current_thread() is threading.main_thread())
 
     def row_ids(self, row: int, start: int = 0) -> np.ndarray:
         """The ids generated so far for `row`, from position `start`."""
         return self.out[row, start:self.length[row]]
+
+    def finish_reason(self, row: int) -> str | None:
+        """Why `row` stopped: "stop" (an eos id or a stop string), "length" (max_new_tokens),
+        or None while it runs."""
+        return FINISH_REASONS[self.finish[row]]
 
 
 def _prefill(model, prompts: list[list[int]], copies: int):
@@ -118,9 +124,9 @@ def _prefill(model, prompts: list[list[int]], copies: int):
         ids = np.array([i for p in heads for i in prompts[p][:-1]], np.int64)
         offsets = np.cumsum([0] + [len(prompts[p]) - 1 for p in heads]).astype(np.int64)
         gh, gc = h[heads], (c[heads] if c is not None else None)
-        _rnn.prefill(cfg.rnn_type, model._layers, ids=ids, offsets=offsets, h=gh, c=gc,
-                     **model._layer0_input(),
-                     num_threads=call_threads(model.num_threads, len(heads), model._step_weights))
+        _rnn.prefill(model.packed, ids=ids, offsets=offsets, h=gh, c=gc,
+                     num_threads=call_threads(model.num_threads, len(heads),
+                                              model.packed.step_weights))
         h[heads] = gh
         if c is not None:
             c[heads] = gc
@@ -180,11 +186,16 @@ def check_prompt_ids(ids, vocab_size: int) -> list[list[int]]:
     return prompts
 
 
-def generate_ids(model, ids, params: GenerationParams) -> np.ndarray:
-    prompts = check_prompt_ids(ids, model.config.vocab_size)
+def generate_all(model, prompts, params: GenerationParams) -> Decoder:
+    """Generate every row of `prompts` (token ids, as Decoder takes them) to its end, in one
+    call; the Decoder holds the ids (`out`, `row_ids`) and why each row stopped."""
     decoder = Decoder(model, prompts, params, model.num_threads)
     decoder.run(params.max_new_tokens)
-    return decoder.out
+    return decoder
+
+
+def generate_ids(model, ids, params: GenerationParams) -> np.ndarray:
+    return generate_all(model, ids, params).out
 
 
 def encode_prompts(model, prompts: list[str]) -> list[list[int]]:
@@ -204,8 +215,7 @@ def encode_prompts(model, prompts: list[str]) -> list[list[int]]:
 
 def generate_text(model, prompts: list[str], params: GenerationParams) -> list[str]:
     encoded = encode_prompts(model, prompts)
-    decoder = Decoder(model, encoded, params, model.num_threads)
-    decoder.run(params.max_new_tokens)
+    decoder = generate_all(model, encoded, params)
     n = params.num_return_sequences
     texts = []
     for row in range(len(encoded) * n):

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from fastlstm import _rnn, isa
-from fastlstm.pack import pack_layers, step_weights
+from fastlstm._packed import PackedModel
+from fastlstm.pack import pack_layers
 from fastlstm.roles import find_recurrent_layers
 from fastlstm.state import state_buffers
 from fastlstm.threads import call_threads, resolve_num_threads
@@ -44,7 +45,7 @@ class _Recurrent:
         self.num_layers = len(stack.layers)
         self.bias = stack.bias
         self.num_threads = resolve_num_threads(num_threads)
-        self._layers = pack_layers(stack, row_major=not isa.vector_kernels())
+        self._packed = PackedModel(stack.rnn_type, pack_layers(stack, row_major=not isa.vector_kernels()))
 
     @classmethod
     def _check_module(cls, module):
@@ -93,8 +94,8 @@ class _Recurrent:
         h, c = state_buffers(state, self.rnn_type, self.num_layers, batch, self.output_size,
                              self.hidden_size)
         out = np.empty((batch, steps, self.output_size), np.float32)
-        _rnn.forward(self.rnn_type, self._layers, h=h, c=c, x=x, y=out,
-                     num_threads=call_threads(self.num_threads, batch, step_weights(self._layers)))
+        _rnn.forward(self._packed, h=h, c=c, x=x, y=out,
+                     num_threads=call_threads(self.num_threads, batch, self._packed.step_weights))
         if unbatched:
             out, h = out[0], h[:, 0]
             c = c[:, 0] if c is not None else None

@@ -9,8 +9,9 @@ import numpy as np
 
 from fastlstm import _rnn, isa
 from fastlstm import generation
+from fastlstm._packed import PackedModel
 from fastlstm.config import ModelConfig
-from fastlstm.pack import distinct_nbytes, input_table, pack_layers, pack_matrix, step_weights
+from fastlstm.pack import input_table, pack_layers, pack_matrix
 from fastlstm.precision import DTYPES, check_dtype, store
 from fastlstm.roles import ForecasterWeights, ModelWeights
 from fastlstm.sampling import GenerationParams
@@ -80,13 +81,15 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | None = None,
 class Model:
     """An `Embedding -> LSTM/GRU/RNN -> Linear` language model, ready to run.
 
-    Build it with `fastlstm.load`.  Weights are converted to `dtype` and packed once here;
-    every call allocates its outputs and runs the whole stack in one nogil kernel.
+    Build it with `fastlstm.load`.  Weights are converted to `dtype` and packed once here,
+    into `packed`; every call allocates its outputs and runs the whole stack in one nogil
+    kernel.
 
     Attributes: `config` (ModelConfig), `tokenizer`, `dtype` (the weights' precision),
     `num_threads` (threads per call: a batch with at least as many rows gives each thread
     whole rows, a smaller one, batch 1 above all, splits every product across them),
-    `kernel_path` (the instruction sets the kernels use).
+    `kernel_path` (the instruction sets the kernels use), `packed` (the weights as the
+    kernels read them: a `fastlstm._packed.PackedModel`).
     """
 
     def __init__(self, weights: ModelWeights, *, tokenizer=None, num_threads: int | None = None,
@@ -99,13 +102,10 @@ class Model:
         # Every product runs on fastlstm's kernels (matmul.h's panels); on a CPU without
         # their vector paths, float32 models also keep row-major copies for BLAS in forward().
         blas = dtype == "float32" and not isa.vector_kernels()
-        self._layers = pack_layers(weights.recurrent, dtype, row_major=blas)
+        layers = pack_layers(weights.recurrent, dtype, row_major=blas)
         head = store(weights.head_weight, dtype, "the head")  # (V, out)
-        self._head = pack_matrix(head)
-        self._head_weight = head.data if blas else None  # (V, out) row-major, for BLAS
-        self._step_weights = step_weights(self._layers, self._head)
-        self._head_bias = (None if weights.head_bias is None
-                           else np.ascontiguousarray(weights.head_bias, dtype=np.float32))  # (V,)
+        head_bias = (None if weights.head_bias is None
+                     else np.ascontiguousarray(weights.head_bias, dtype=np.float32))  # (V,)
         embedding = store(weights.embedding, dtype, "the embedding")  # (V, E)
         # Layer 0's input projections for every token, unless that table would hold more than
         # twice the model's parameters (a word model's 10k x 4*650 table still qualifies: it
@@ -113,24 +113,21 @@ class Model:
         # float32 in every precision, computed from the weights as `dtype` rounded them, so
         # the model computes exactly what its stored weights define; a step reads one row.
         w_ih0 = store(weights.recurrent.layers[0].weight_ih, dtype).to_float32()
-        table = input_table(embedding.to_float32(), w_ih0, self._layers[0].bias_x,
+        table = input_table(embedding.to_float32(), w_ih0, layers[0].bias_x,
                             2 * self.config.num_parameters)
-        self._table = None if table is None else store(table, "float32")
-        self._embedding = embedding if table is None else None
-
-    def _layer0_input(self) -> dict:
-        """The kernels' keyword for where layer 0's input comes from: the lookup table of
-        its input projections, or the embedding (then multiplied by W_ih)."""
-        return {"table": self._table, "emb": self._embedding}
+        self.packed = PackedModel(
+            self.config.rnn_type, layers,
+            emb=embedding if table is None else None,
+            table=None if table is None else store(table, "float32"),
+            head=pack_matrix(head),
+            head_w=head.data if blas else None,  # (V, out) row-major, for BLAS
+            head_b=head_bias)
 
     @property
     def nbytes(self) -> int:
         """Bytes of weights held in memory (the lookup table and any row-major copies for
         BLAS included)."""
-        tables = [r for r in (self._table, self._embedding) if r is not None]
-        rows = [a for r in tables for a in (r.data, r.scale)]
-        return distinct_nbytes([self._head_weight, *self._head.arrays, self._head_bias, *rows,
-                                *(a for layer in self._layers for a in layer.arrays)])
+        return self.packed.nbytes
 
     @property
     def kernel_path(self) -> str:
@@ -176,10 +173,8 @@ class Model:
         h, c = state_buffers(state, cfg.rnn_type, cfg.num_layers, batch, cfg.output_size,
                              cfg.hidden_size)
         logits = np.empty((batch, steps, cfg.vocab_size), np.float32)
-        _rnn.forward(cfg.rnn_type, self._layers, h=h, c=c, ids=ids, **self._layer0_input(),
-                     logits=logits, head=self._head, head_w=self._head_weight,
-                     head_b=self._head_bias,
-                     num_threads=call_threads(self.num_threads, batch, self._step_weights))
+        _rnn.forward(self.packed, h=h, c=c, ids=ids, logits=logits,
+                     num_threads=call_threads(self.num_threads, batch, self.packed.step_weights))
         return logits, ((h, c) if c is not None else h)
 
     # -- generation -------------------------------------------------------------------------

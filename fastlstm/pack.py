@@ -19,13 +19,6 @@ ALIGNMENT = 64  # bytes: panels start on a cache line
 _BF16_ORDER = np.array([o for i in range(8) for o in (i, 8 + i)])
 
 
-def distinct_nbytes(arrays) -> int:
-    """Bytes of the distinct arrays among `arrays` (None skipped; one held twice, as a tied
-    embedding and head, counted once): what a model's nbytes reports."""
-    unique = {id(a): a for a in arrays if a is not None}
-    return sum(a.nbytes for a in unique.values())
-
-
 def aligned_empty(count: int, dtype) -> np.ndarray:
     """An uninitialised 1-D array of `count` elements whose data is 64-byte aligned."""
     itemsize = np.dtype(dtype).itemsize
@@ -177,10 +170,3 @@ def input_table(embedding: np.ndarray, w_ih: np.ndarray, bias_x: np.ndarray,
     if vocab * gates_hidden > budget:
         return None
     return _c_float32(embedding.astype(np.float64) @ w_ih.T.astype(np.float64) + bias_x)
-
-
-def step_weights(layers: list[PackedLayer], head: PackedMatrix | None = None) -> int:
-    """Weights one time step of one sequence multiplies: every layer's matrices, the head's."""
-    matrices = [head] + [m for layer in layers for m in
-                         (layer.w_ih_panels, layer.w_hh_panels, layer.w_hr_panels, layer.w_hn_panels)]
-    return sum(m.n * m.k for m in matrices if m is not None)

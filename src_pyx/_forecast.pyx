@@ -18,10 +18,9 @@ from libc.stdlib cimport free, malloc
 
 cimport openmp
 
-from matmul cimport fl_matrix
-from stack cimport (Layer, Team, cell_code, fill_matrix, float_ptr, gates_of, input_projection,
-                    layer_step, layers_from_packed, sync, team_matmul, team_of, fl_team,
-                    fl_team_free, fl_team_new)
+from stack cimport (Layer, Stack, Team, float_ptr, gates_of, input_projection, layer_step,
+                    sync, team_matmul, team_of, fl_team, fl_team_free, fl_team_new)
+from fastlstm._packed cimport PackedModel
 
 import numpy as np
 
@@ -29,10 +28,8 @@ include "isa.pxi"
 
 
 cdef struct Run:
-    int cell, num_layers, batch, steps, features
-    Layer *layers
-    fl_matrix head           # (features, out_last) in matmul.h's panels
-    const float *head_b      # (features,) or NULL
+    const Stack *model       # the weights (fastlstm._packed.PackedModel), with a head
+    int batch, steps, features
     float *h                 # (num_layers, batch, out_size): the state after the history
     float *c                 # (num_layers, batch, hidden), LSTM only; else NULL
     float *out               # (batch, steps, features): the predictions
@@ -47,10 +44,7 @@ cdef struct Scratch:
 
 cdef bint scratch_alloc(Scratch *s, const Run *run, int rows) noexcept nogil:
     """Allocate s for `rows` series; False (everything freed) if memory ran out."""
-    cdef int l, G = gates_of(run.cell), gw = 0, hid = 0
-    for l in range(run.num_layers):
-        gw = max(gw, G * run.layers[l].hidden)
-        hid = max(hid, run.layers[l].hidden)
+    cdef int gw = run.model.max_gates, hid = run.model.max_hidden
     s.xw = <float *> malloc(<size_t> rows * gw * sizeof(float))
     s.hw = <float *> malloc(<size_t> rows * gw * sizeof(float))
     s.hfull = <float *> malloc(<size_t> rows * hid * sizeof(float))
@@ -69,17 +63,18 @@ cdef void forecast_rows(const Run *run, int b0, int b1, Scratch *s, const Team *
     """Predictions for series [b0, b1): step 0 is the head on the state after the history;
     each later step feeds the previous prediction through the stack.  Every thread of `team`
     calls this with the same arguments (s shared) and takes its share of every product."""
-    cdef int n = b1 - b0, l, step, G = gates_of(run.cell), F = run.features
+    cdef const Stack *m = run.model
+    cdef int n = b1 - b0, l, step, G = gates_of(m.cell), F = run.features
     cdef size_t row_stride = <size_t> run.steps * F  # floats between series in out
     cdef const Layer *L
-    cdef const Layer *top = &run.layers[run.num_layers - 1]
-    cdef float *h_top = run.h + (<size_t> (run.num_layers - 1) * run.batch + b0) * top.out_size
+    cdef const Layer *top = &m.layers[m.num_layers - 1]
+    cdef float *h_top = run.h + (<size_t> (m.num_layers - 1) * run.batch + b0) * top.out_size
     cdef float *prediction
     for step in range(run.steps):
         prediction = run.out + <size_t> b0 * row_stride + <size_t> step * F
         if step > 0:
-            for l in range(run.num_layers):
-                L = &run.layers[l]
+            for l in range(m.num_layers):
+                L = &m.layers[l]
                 # xw := input . W_ih^T + bias_x: the last prediction, or the layer below's new h
                 if l == 0:
                     team_matmul(team, n, &L.w_ih_p, prediction - F, <int> row_stride,
@@ -87,12 +82,12 @@ cdef void forecast_rows(const Run *run, int b0, int b1, Scratch *s, const Team *
                 else:
                     input_projection(L, G, n, run.h + (<size_t> (l - 1) * run.batch + b0) * L.in_size,
                                      s.xw, True, team)
-                layer_step(run.cell, L, n, s.xw, run.h + (<size_t> l * run.batch + b0) * L.out_size,
+                layer_step(m.cell, L, n, s.xw, run.h + (<size_t> l * run.batch + b0) * L.out_size,
                            run.h + (<size_t> l * run.batch + b0) * L.out_size,
                            run.c + (<size_t> l * run.batch + b0) * L.hidden if run.c != NULL else NULL,
                            s.hw, s.hfull, True, team)
         # prediction := h_top . W_head^T + b_head; the next step's layer 0 reads all of it.
-        team_matmul(team, n, &run.head, h_top, top.out_size, run.head_b, prediction, <int> row_stride)
+        team_matmul(team, n, &m.head, h_top, top.out_size, m.head_b, prediction, <int> row_stride)
         sync(team)
 
 
@@ -131,47 +126,41 @@ cdef int forecast_team(const Run *run, int team_size) noexcept nogil:
     return 0
 
 
-def forecast(str rnn_type, list layers, *, head, head_b, h, c, out, int num_threads=1):
+def forecast(PackedModel model, *, h, c, out, int num_threads=1):
     """Fill `out` (batch, steps, features) float32 with predictions fed back as inputs.
 
-    `layers`: fastlstm.pack.PackedLayer list whose layer 0 takes `features` inputs; `head`: a
-    PackedMatrix (features, out_last); `head_b` (features,) float32 or None.  `h` (num_layers,
-    batch, out) and `c` (num_layers, batch, hidden; LSTM only) hold the state after the
-    history and receive the state after the last prediction was fed back, i.e. after
-    steps - 1 steps.  out[:, 0] is the head on the given state; out[:, s] the head after
-    feeding out[:, s - 1].  All arrays C-contiguous; the caller checked every shape.
+    `model`: a stack whose layer 0 takes `features` inputs and whose head gives `features`
+    outputs.  `h` (num_layers, batch, out) and `c` (num_layers, batch, hidden; LSTM only)
+    hold the state after the history and receive the state after the last prediction was
+    fed back, i.e. after steps - 1 steps.  out[:, 0] is the head on the given state;
+    out[:, s] the head after feeding out[:, s - 1].  All arrays C-contiguous; the caller
+    checked every shape.
     """
     cdef Run run
-    cdef int n = len(layers), t, nthreads, per, extra, failed = 0
+    cdef int t, nthreads, per, extra, failed = 0
     cdef int[::1] status
-    run.cell = cell_code(rnn_type)
-    run.num_layers = n
+    run.model = &model.stack
     run.batch, run.steps, run.features = out.shape[0], out.shape[1], out.shape[2]
-    fill_matrix(&run.head, head, "head")
-    run.head_b = float_ptr(head_b, "head_b", True)
     run.h = <float *> float_ptr(h, "h")
     run.c = <float *> float_ptr(c, "c", True)
     run.out = <float *> float_ptr(out, "out")
-    run.layers = layers_from_packed(layers)
-    try:
-        if run.layers[0].in_size != run.features or run.head.n != run.features:
-            raise ValueError("forecasting feeds each prediction back: the head's outputs and "
-                             "layer 0's inputs must be the same features")
-        nthreads = max(1, min(num_threads, run.batch))
-        status = np.zeros(nthreads, dtype=np.intc)
-        per = run.batch // nthreads
-        extra = run.batch % nthreads
-        with nogil:
-            if run.batch < num_threads:  # fewer series than threads: all threads share each
-                failed = forecast_team(&run, num_threads)
-            else:
-                for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-                    # Thread t takes series [t*per + min(t, extra), ...), one more if t < extra.
-                    status[t] = forecast_alone(&run, t * per + min(t, extra),
-                                               (t + 1) * per + min(t + 1, extra))
-        for t in range(nthreads):
-            failed |= status[t]
-    finally:
-        free(run.layers)
+    if (model.stack.head.panels == NULL or model.stack.layers[0].in_size != run.features
+            or model.stack.head.n != run.features):
+        raise ValueError("forecasting feeds each prediction back: the head's outputs and "
+                         "layer 0's inputs must be the same features")
+    nthreads = max(1, min(num_threads, run.batch))
+    status = np.zeros(nthreads, dtype=np.intc)
+    per = run.batch // nthreads
+    extra = run.batch % nthreads
+    with nogil:
+        if run.batch < num_threads:  # fewer series than threads: all threads share each
+            failed = forecast_team(&run, num_threads)
+        else:
+            for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
+                # Thread t takes series [t*per + min(t, extra), ...), one more if t < extra.
+                status[t] = forecast_alone(&run, t * per + min(t, extra),
+                                           (t + 1) * per + min(t + 1, extra))
+    for t in range(nthreads):
+        failed |= status[t]
     if failed:
         raise MemoryError("fastlstm: could not allocate the forecasting loop's scratch buffers")

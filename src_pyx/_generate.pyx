@@ -8,7 +8,12 @@
 # all inside one nogil loop.  Sequences ("rows") are split across OpenMP threads; each
 # thread keeps its running rows packed at the front of its range of state "slots", so rows
 # that have stopped cost nothing further.  A call runs at most `steps` tokens and can be
-# called again to continue (streaming): everything it needs lives in the Decoder's arrays.
+# called again to continue (streaming): everything it needs lives in a DecodeState.
+#
+#   decode(model, state, params, steps)
+#     model:  fastlstm._packed.PackedModel, the weights (built once at load)
+#     state:  DecodeState, one generation run's per-row arrays (built once per run)
+#     params: the sampling parameters (fastlstm.sampling.GenerationParams)
 #
 # fastlstm.generation validates every input and owns these arrays; this module trusts them.
 
@@ -18,13 +23,12 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-from matmul cimport fl_matrix
 from sampler cimport Candidate, SamplingParams, coin, sample_token
-from stack cimport (Layer, Rows, Team, cell_code, fill_layer0_input, fill_matrix, float_ptr,
-                    gates_of, gather_rows, input_projection, layer_step, layers_from_packed,
-                    sync, sync_after_solo, team_end, team_matmul, team_of, team_solo_over,
-                    team_solo_now, team_take_waits, team_wants_solo, fl_get_team_solo_until,
-                    fl_team, fl_team_free, fl_team_new, fl_now_ns)
+from stack cimport (Layer, Stack, Team, float_ptr, gates_of, gather_rows, input_projection,
+                    layer_step, sync, sync_after_solo, team_end, team_matmul, team_of,
+                    team_solo_over, team_solo_now, team_take_waits, team_wants_solo,
+                    fl_get_team_solo_until, fl_team, fl_team_free, fl_team_new, fl_now_ns)
+from fastlstm._packed cimport PackedModel
 
 import numpy as np
 
@@ -65,13 +69,16 @@ cdef enum:
 cdef long long SIGNAL_CHECK_NS = 10_000_000
 
 
+# Why a row stopped (DecodeState's `finish`, per row).
+cdef enum:
+    RUNNING = 0
+    FINISH_LENGTH = 1        # max_new_tokens reached
+    FINISH_STOP = 2          # an eos id or a stop sequence was generated
+
+
 cdef struct Run:
-    int cell, num_layers, batch, vocab, max_new
-    Layer *layers
-    Rows emb                 # (vocab, in0); .data NULL when table is set
-    Rows table               # (vocab, gates*hidden0): layer 0's input projection per token
-    fl_matrix head           # (vocab, out_last) in matmul.h's panels
-    const float *head_b      # (vocab,) or NULL
+    const Stack *model       # the weights (fastlstm._packed.PackedModel)
+    int num_layers, batch, vocab, max_new
     SamplingParams params
     # Per slot (slot s holds row order[s]):
     float *h                 # (num_layers, batch, out_size)
@@ -81,6 +88,7 @@ cdef struct Run:
     # Per row:
     int64_t *out             # (batch, max_new)  generated ids; -1 past the end
     int64_t *length          # (batch,)  tokens generated so far
+    uint8_t *finish          # (batch,)  RUNNING, FINISH_LENGTH or FINISH_STOP
     uint8_t *seen            # (batch, vocab)  ids in the sequence, for repetition_penalty; or NULL
     const uint64_t *seed     # (batch,)
     const uint64_t *stream   # (batch,)
@@ -120,12 +128,12 @@ cdef inline void swap_slots(Run *run, int a, int b, float *tmp) noexcept nogil:
     cdef float *pa
     cdef float *pb
     for l in range(run.num_layers):
-        n = run.layers[l].out_size
+        n = run.model.layers[l].out_size
         pa = run.h + (<size_t> l * run.batch + a) * n
         pb = run.h + (<size_t> l * run.batch + b) * n
         memcpy(tmp, pa, n * sizeof(float)); memcpy(pa, pb, n * sizeof(float)); memcpy(pb, tmp, n * sizeof(float))
         if run.c != NULL:
-            n = run.layers[l].hidden
+            n = run.model.layers[l].hidden
             pa = run.c + (<size_t> l * run.batch + a) * n
             pb = run.c + (<size_t> l * run.batch + b) * n
             memcpy(tmp, pa, n * sizeof(float)); memcpy(pa, pb, n * sizeof(float)); memcpy(pb, tmp, n * sizeof(float))
@@ -147,13 +155,7 @@ cdef struct Scratch:
 
 cdef bint scratch_alloc(Scratch *s, const Run *run, int rows) noexcept nogil:
     """Allocate s for `rows` slots; False (everything freed) if memory ran out."""
-    cdef int l, G = gates_of(run.cell), width = 0, gw = 0, hid = 0
-    cdef const Layer *L
-    for l in range(run.num_layers):
-        L = &run.layers[l]
-        width = max(width, max(L.in_size, L.out_size))
-        gw = max(gw, G * L.hidden)
-        hid = max(hid, L.hidden)
+    cdef int width = run.model.max_width, gw = run.model.max_gates, hid = run.model.max_hidden
     s.x = <float *> malloc(<size_t> rows * width * sizeof(float))
     s.xw = <float *> malloc(<size_t> rows * gw * sizeof(float))
     s.hw = <float *> malloc(<size_t> rows * gw * sizeof(float))
@@ -184,23 +186,24 @@ cdef struct Control:
 
 cdef void step_stack(const Run *run, int begin, int n, Scratch *s, const Team *team) noexcept nogil:
     """Every layer's step for the running slots [begin, begin + n): the new h (and c)."""
-    cdef int l, G = gates_of(run.cell)
-    cdef const Layer *L = &run.layers[0]
+    cdef const Stack *m = run.model
+    cdef int l, G = gates_of(m.cell)
+    cdef const Layer *L = &m.layers[0]
     # Layer 0's input: a lookup-table row, or an embedding row times W_ih.
-    if run.table.data != NULL:
+    if m.table.data != NULL:
         if team.tid == 0:
-            gather_rows(&run.table, run.last + begin, n, s.xw, G * L.hidden)
+            gather_rows(&m.table, run.last + begin, n, s.xw, G * L.hidden)
     else:
         if team.tid == 0:
-            gather_rows(&run.emb, run.last + begin, n, s.x, L.in_size)
+            gather_rows(&m.emb, run.last + begin, n, s.x, L.in_size)
         sync(team)
         input_projection(L, G, n, s.x, s.xw, True, team)
     for l in range(run.num_layers):
-        L = &run.layers[l]
+        L = &m.layers[l]
         if l > 0:  # input: the new h of the layer below
             input_projection(L, G, n, run.h + (<size_t> (l - 1) * run.batch + begin) * L.in_size,
                              s.xw, True, team)
-        layer_step(run.cell, L, n, s.xw, run.h + (<size_t> l * run.batch + begin) * L.out_size,
+        layer_step(m.cell, L, n, s.xw, run.h + (<size_t> l * run.batch + begin) * L.out_size,
                    run.h + (<size_t> l * run.batch + begin) * L.out_size,
                    run.c + (<size_t> l * run.batch + begin) * L.hidden if run.c != NULL else NULL,
                    s.hw, s.hfull, True, team)
@@ -224,8 +227,11 @@ cdef int sample_and_record(Run *run, int begin, int n, Scratch *s) noexcept nogi
         if run.seen != NULL:
             run.seen[row * V + token] = 1
         run.last[begin + i] = token
-        s.done[i] = run.length[row] >= run.max_new or ends_with_stop(
-            run, run.out + row * run.max_new, run.length[row])
+        if ends_with_stop(run, run.out + row * run.max_new, run.length[row]):
+            run.finish[row] = FINISH_STOP
+        elif run.length[row] >= run.max_new:
+            run.finish[row] = FINISH_LENGTH
+        s.done[i] = run.finish[row] != RUNNING
     return OK
 
 
@@ -244,11 +250,12 @@ cdef int decode_step(Run *run, int begin, int *n_active, Scratch *s, const Team 
     """One token for each of the n_active running slots from `begin`: the stack, the head,
     then (thread 0) the sampler and the stop checks.  Returns OK, or NAN_LOGITS."""
     cdef int n = n_active[0], status = OK
-    cdef const Layer *top = &run.layers[run.num_layers - 1]
+    cdef const Stack *m = run.model
+    cdef const Layer *top = &m.layers[m.num_layers - 1]
     step_stack(run, begin, n, s, team)
     # Head: logits := h_top . W_head^T + b_head
-    team_matmul(team, n, &run.head, run.h + (<size_t> (run.num_layers - 1) * run.batch + begin) * top.out_size,
-                top.out_size, run.head_b, s.logits, run.vocab)
+    team_matmul(team, n, &m.head, run.h + (<size_t> (m.num_layers - 1) * run.batch + begin) * top.out_size,
+                top.out_size, m.head_b, s.logits, run.vocab)
     sync(team)
     if team.tid == 0:
         status = sample_and_record(run, begin, n, s)
@@ -316,75 +323,128 @@ cdef int decode_alone(Run *run, int begin, int *n_active, int steps, int *cancel
     return status
 
 
-def decode(str rnn_type, list layers, *, emb, table, head, int vocab, head_b,
-           h, c, last, order, out, length, seen, seed, stream, eos, stops, stop_end,
-           slot_begin, n_active, double temperature, int top_k, double top_p, double min_p,
-           double repetition_penalty, int steps, int team_size=1, bint watch_signals=False):
-    """Run up to `steps` decode steps for every running row (see fastlstm.generation.Decoder,
-    which owns and documents every array).  Thread t works on slots [slot_begin[t],
-    slot_begin[t+1]), of which the first n_active[t] are running; or, with team_size > 1
-    (one range of slots), team_size threads share every product of those slots.  Raises FloatingPointError
-    if the logits of a row hold NaN or +inf, and whatever a signal handler raised (Ctrl-C:
-    KeyboardInterrupt) when watch_signals is set; the run is then left mid-step.
-    watch_signals: the caller is Python's main thread, so signals can be handled here."""
+cdef class DecodeState:
+    """One generation run's state, as the decode loop reads and writes it: per slot the
+    recurrent state and the token to feed next, per row the generated ids and why the row
+    stopped, and the stop conditions.  fastlstm.generation.Decoder builds it once per run,
+    owns and documents the arrays (which this object keeps alive), and reads them between
+    calls of `decode`.
+
+    h (num_layers, rows, out), c (num_layers, rows, hidden) or None: float32; last (rows,)
+    int64; out (rows, max_new) int64; length (rows,) int64; finish (rows,) uint8; seen (rows,
+    vocab) uint8 or None; seed, stream (rows,) uint64; eos, stops, stop_end int64;
+    slot_begin (threads + 1,) and n_active (threads,) intc; team_size: threads sharing one
+    range of slots (then one range), else 1.
+    """
     cdef Run run
+    cdef readonly PackedModel model
+    cdef readonly object order    # (rows,) int64: slot -> row
+    cdef object arrays
+    cdef int[::1] slot_begin
+    cdef int[::1] n_active
+    cdef readonly int team_size
+
+    def __init__(self, PackedModel model, *, h, c, last, out, length, finish, seen, seed,
+                 stream, eos, stops, stop_end, slot_begin, n_active, int team_size=1):
+        cdef Run *run = &self.run
+        cdef const Stack *m = &model.stack
+        cdef int64_t[::1] last_v = last, length_v = length
+        cdef int64_t[:, ::1] out_v = out
+        cdef uint8_t[::1] finish_v = finish
+        cdef uint8_t[:, ::1] seen_v
+        cdef const uint64_t[::1] seed_v = seed, stream_v = stream
+        cdef const int64_t[::1] eos_v = eos, stops_v = stops, stop_end_v = stop_end
+        cdef int rows = last_v.shape[0]
+        if m.head.panels == NULL or (m.emb.data == NULL and m.table.data == NULL):
+            raise ValueError("decoding needs a language model: token ids in, a head out")
+        if rows == 0 or out_v.shape[0] != rows or length_v.shape[0] != rows or \
+                finish_v.shape[0] != rows or seed_v.shape[0] != rows or stream_v.shape[0] != rows:
+            raise ValueError("the per-row arrays must hold one entry per row")
+        if h.shape != (m.num_layers, rows, m.layers[m.num_layers - 1].out_size):
+            raise ValueError("h must be (num_layers, rows, out_size)")
+        if (c is None) != (m.cell != 0):  # CELL_LSTM
+            raise ValueError("c is the LSTM's cell state: given exactly for LSTMs")
+        if c is not None and c.shape != (m.num_layers, rows, m.layers[0].hidden):
+            raise ValueError("c must be (num_layers, rows, hidden)")
+        if len(slot_begin) != len(n_active) + 1 or slot_begin[len(n_active)] != rows:
+            raise ValueError("slot_begin must split the rows among the threads of n_active")
+        if team_size > 1 and len(n_active) != 1:
+            raise ValueError("a team of threads shares one range of slots")
+        if last.min() < 0 or last.max() >= m.head.n:
+            raise ValueError("the tokens to feed first must be ids of the vocabulary")
+        self.model = model
+        self.order = np.arange(rows, dtype=np.int64)
+        cdef int64_t[::1] order_v = self.order
+        run.model = m
+        run.num_layers = m.num_layers
+        run.batch = rows
+        run.vocab = m.head.n
+        run.max_new = out_v.shape[1]
+        run.h = <float *> float_ptr(h, "h")
+        run.c = <float *> float_ptr(c, "c", True)
+        run.last = &last_v[0]
+        run.order = &order_v[0]
+        run.out = &out_v[0, 0]
+        run.length = &length_v[0]
+        run.finish = &finish_v[0]
+        run.seen = NULL
+        if seen is not None:
+            seen_v = seen
+            if seen_v.shape[0] != rows or seen_v.shape[1] != run.vocab:
+                raise ValueError("seen must be (rows, vocab)")
+            run.seen = &seen_v[0, 0]
+        run.seed = &seed_v[0]
+        run.stream = &stream_v[0]
+        run.n_eos = eos_v.shape[0]
+        run.eos = &eos_v[0] if run.n_eos else NULL
+        run.n_stops = stop_end_v.shape[0]
+        run.stop_end = &stop_end_v[0] if run.n_stops else NULL
+        run.stops = &stops_v[0] if stops_v.shape[0] else NULL
+        self.slot_begin = slot_begin
+        self.n_active = n_active
+        self.team_size = team_size
+        self.arrays = (h, c, last, out, length, finish, seen, seed, stream, eos, stops, stop_end)
+
+    @property
+    def done(self) -> bool:
+        """Whether every row has stopped."""
+        cdef int t
+        for t in range(self.n_active.shape[0]):
+            if self.n_active[t]:
+                return False
+        return True
+
+
+def decode(PackedModel model, DecodeState state, params, int steps, bint watch_signals=False):
+    """Run up to `steps` decode steps for every running row of `state` (see
+    fastlstm.generation.Decoder), sampling with `params` (temperature, top_k, top_p, min_p,
+    repetition_penalty: fastlstm.sampling.GenerationParams, already checked).  Thread t works
+    on slots [slot_begin[t], slot_begin[t+1]), of which the first n_active[t] are running;
+    or, with team_size > 1 (one range of slots), team_size threads share every product of
+    those slots.  Raises FloatingPointError if the logits of a row hold NaN or +inf, and
+    whatever a signal handler raised (Ctrl-C: KeyboardInterrupt) when watch_signals is set;
+    the run is then left mid-step.  watch_signals: the caller is Python's main thread, so
+    signals can be handled here."""
+    cdef Run *run = &state.run
     cdef int cancel = 0
-    cdef int t, nthreads = len(n_active), failed = OK
-    cdef int64_t[::1] last_v = last, order_v = order, length_v = length
-    cdef int64_t[:, ::1] out_v = out
-    cdef const uint64_t[::1] seed_v = seed, stream_v = stream
-    cdef const int64_t[::1] eos_v = eos, stops_v = stops, stop_end_v = stop_end
-    cdef uint8_t[:, ::1] seen_v
-    cdef int[::1] begin_v = slot_begin, active_v = n_active
+    cdef int t, nthreads = state.n_active.shape[0], failed = OK
     cdef int[::1] status = np.zeros(nthreads, dtype=np.intc)
-    cdef int64_t dummy = 0
-
-    run.cell = cell_code(rnn_type)
-    run.num_layers = len(layers)
-    run.batch = last_v.shape[0]
-    run.vocab = vocab
-    run.max_new = out_v.shape[1]
-    fill_layer0_input(&run.emb, &run.table, emb, table)
-    if run.emb.data == NULL and run.table.data == NULL:
-        raise ValueError("layer 0 needs an embedding or a lookup table")
-    fill_matrix(&run.head, head, "head")
-    run.head_b = float_ptr(head_b, "head_b", True)
-    run.params.temperature = temperature
-    run.params.top_k = top_k
-    run.params.top_p = top_p
-    run.params.min_p = min_p
-    run.params.repetition_penalty = repetition_penalty
-    run.h = <float *> float_ptr(h, "h")
-    run.c = <float *> float_ptr(c, "c", True)
-    run.last = &last_v[0]
-    run.order = &order_v[0]
-    run.out = &out_v[0, 0]
-    run.length = &length_v[0]
-    run.seen = NULL
-    if seen is not None:
-        seen_v = seen
-        run.seen = &seen_v[0, 0]
-    run.seed = &seed_v[0]
-    run.stream = &stream_v[0]
-    run.n_eos = eos_v.shape[0]
-    run.eos = &eos_v[0] if run.n_eos else &dummy
-    run.n_stops = stop_end_v.shape[0]
-    run.stop_end = &stop_end_v[0] if run.n_stops else &dummy
-    run.stops = &stops_v[0] if stops_v.shape[0] else &dummy
-
-    if team_size > 1 and nthreads != 1:
-        raise ValueError("a team of threads shares one range of slots")
-    run.layers = layers_from_packed(layers)
-    try:
-        if team_size > 1 and not team_solo_now():
-            decode_team(&run, &active_v[0], steps, &cancel, watch_signals, team_size, &status[0])
-        else:
-            with nogil:
-                for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-                    status[t] = decode_alone(&run, begin_v[t], &active_v[t], steps, &cancel,
-                                             watch_signals and openmp.omp_get_thread_num() == 0)
-    finally:
-        free(run.layers)
+    cdef int *slot_begin = &state.slot_begin[0]
+    cdef int *n_active = &state.n_active[0]
+    if state.model is not model:
+        raise ValueError("this decode state belongs to another model")
+    run.params.temperature = params.temperature
+    run.params.top_k = params.top_k if params.top_k < run.vocab else 0
+    run.params.top_p = params.top_p
+    run.params.min_p = params.min_p
+    run.params.repetition_penalty = params.repetition_penalty
+    if state.team_size > 1 and not team_solo_now():
+        decode_team(run, n_active, steps, &cancel, watch_signals, state.team_size, &status[0])
+    else:
+        with nogil:
+            for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
+                status[t] = decode_alone(run, slot_begin[t], &n_active[t], steps, &cancel,
+                                         watch_signals and openmp.omp_get_thread_num() == 0)
     for t in range(nthreads):
         if status[t] != OK and failed != NAN_LOGITS:
             failed = status[t]

@@ -23,12 +23,11 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
 from blas cimport matmul_wt
-from matmul cimport fl_matrix
-from stack cimport (Layer, Rows, Team, cell_code, fill_layer0_input, fill_matrix, float_ptr,
-                    gates_of, gather_rows, input_projection, layer_step, layers_from_packed,
-                    sync, sync_after_solo, team_end, team_matmul, team_of, team_solo_over,
-                    team_solo_now, team_take_waits, team_wants_solo, fl_get_team_solo_until,
-                    fl_team, fl_team_free, fl_team_new)
+from stack cimport (Layer, Stack, Team, float_ptr, gates_of, gather_rows, input_projection,
+                    layer_step, sync, sync_after_solo, team_end, team_matmul, team_of,
+                    team_solo_over, team_solo_now, team_take_waits, team_wants_solo,
+                    fl_get_team_solo_until, fl_team, fl_team_free, fl_team_new)
+from fastlstm._packed cimport PackedModel
 
 cimport openmp
 
@@ -45,20 +44,15 @@ cdef enum:
 
 
 cdef struct Job:
-    int cell, num_layers, batch, steps
-    Layer *layers
+    const Stack *model     # the weights (fastlstm._packed.PackedModel)
+    int batch, steps
     bint blas              # multiply with BLAS (float32 row-major weights), else matmul.h
-    # Input: exactly one of x (batch, steps, in0), emb (vocab, in0), table (vocab, gates*hidden0).
+    # Input: x (batch, steps, in0), or ids (batch, steps) for the model's emb or table.
     const float *x
-    const int64_t *ids     # (batch, steps), with emb or table
-    Rows emb               # .data NULL when absent
-    Rows table             # layer 0's input projections precomputed per token; .data NULL if absent
+    const int64_t *ids
     # Output: y (batch, steps, out_last), or logits (batch, steps, vocab) through the head.
     float *y
     float *logits
-    const float *head_w    # (vocab, out_last) row-major, for BLAS
-    fl_matrix head_p       # the same in panels, for matmul.h
-    const float *head_b    # (vocab,) or NULL
     int vocab
     # State, read as the initial state and overwritten with the final one.
     float *h               # (num_layers, batch, out_size)
@@ -83,14 +77,8 @@ cdef struct Scratch:
 
 cdef bint scratch_alloc(Scratch *s, const Job *job, int nb) noexcept nogil:
     """Allocate s for nb batch rows; False (everything freed) if memory ran out."""
-    cdef int l, G = gates_of(job.cell), width = 0, gw = 0, hid = 0
-    cdef const Layer *L
+    cdef int width = job.model.max_width, gw = job.model.max_gates, hid = job.model.max_hidden
     s.chunk = min(ROWS_PER_CHUNK // nb if nb < ROWS_PER_CHUNK else 1, job.steps)
-    for l in range(job.num_layers):
-        L = &job.layers[l]
-        width = max(width, max(L.in_size, L.out_size))
-        gw = max(gw, G * L.hidden)
-        hid = max(hid, L.hidden)
     s.inp = <float *> malloc(<size_t> s.chunk * nb * width * sizeof(float))
     s.out = <float *> malloc(<size_t> s.chunk * nb * width * sizeof(float))
     s.xw = <float *> malloc(<size_t> s.chunk * nb * gw * sizeof(float))
@@ -114,15 +102,16 @@ cdef void gather_input(const Job *job, int b0, int nb, int t0, int tc, float *in
     run_rows swaps them after every layer, so with an odd number of layers they alternate
     from chunk to chunk)."""
     cdef int st, r, T = job.steps
-    cdef const Layer *L0 = &job.layers[0]
-    cdef int G = gates_of(job.cell)
+    cdef const Stack *m = job.model
+    cdef const Layer *L0 = &m.layers[0]
+    cdef int G = gates_of(m.cell)
     for st in range(tc):
         for r in range(nb):
-            if job.table.data != NULL:
-                gather_rows(&job.table, &job.ids[<size_t> (b0 + r) * T + t0 + st], 1,
+            if job.x == NULL and m.table.data != NULL:
+                gather_rows(&m.table, &job.ids[<size_t> (b0 + r) * T + t0 + st], 1,
                             s.xw + (<size_t> st * nb + r) * G * L0.hidden, 0)
-            elif job.emb.data != NULL:
-                gather_rows(&job.emb, &job.ids[<size_t> (b0 + r) * T + t0 + st], 1,
+            elif job.x == NULL:
+                gather_rows(&m.emb, &job.ids[<size_t> (b0 + r) * T + t0 + st], 1,
                             inp + (<size_t> st * nb + r) * L0.in_size, 0)
             else:
                 memcpy(inp + (<size_t> st * nb + r) * L0.in_size,
@@ -136,32 +125,33 @@ cdef void head_product(const Job *job, int b0, int nb, int t0, int tc, const flo
     in as few products as the layouts allow: one per batch row (its steps are nb rows apart
     in top, contiguous in the logits), or one per step (its rows are steps * vocab apart in
     the caller's logits).  BLAS for float32 models run by one thread, else matmul.h."""
+    cdef const Stack *m = job.model
     cdef int r, st, T = job.steps, V = job.vocab
-    cdef int width = job.layers[job.num_layers - 1].out_size
+    cdef int width = m.layers[m.num_layers - 1].out_size
     cdef bint blas = job.blas and team.size == 1
     cdef float beta = 0.0
-    if blas and job.head_b != NULL:
+    if blas and m.head_b != NULL:
         beta = 1.0
         for r in range(nb):
             for st in range(tc):
-                memcpy(job.logits + (<size_t> (b0 + r) * T + t0 + st) * V, job.head_b,
+                memcpy(job.logits + (<size_t> (b0 + r) * T + t0 + st) * V, m.head_b,
                        V * sizeof(float))
     if tc >= nb:
         for r in range(nb):
             if blas:
-                matmul_wt(tc, V, width, top + <size_t> r * width, nb * width, job.head_w, beta,
+                matmul_wt(tc, V, width, top + <size_t> r * width, nb * width, m.head_w, beta,
                           job.logits + (<size_t> (b0 + r) * T + t0) * V, V)
             else:
-                team_matmul(team, tc, &job.head_p, top + <size_t> r * width, nb * width,
-                            job.head_b, job.logits + (<size_t> (b0 + r) * T + t0) * V, V)
+                team_matmul(team, tc, &m.head, top + <size_t> r * width, nb * width,
+                            m.head_b, job.logits + (<size_t> (b0 + r) * T + t0) * V, V)
     else:
         for st in range(tc):
             if blas:
-                matmul_wt(nb, V, width, top + <size_t> st * nb * width, width, job.head_w, beta,
+                matmul_wt(nb, V, width, top + <size_t> st * nb * width, width, m.head_w, beta,
                           job.logits + (<size_t> b0 * T + t0 + st) * V, T * V)
             else:
-                team_matmul(team, nb, &job.head_p, top + <size_t> st * nb * width, width,
-                            job.head_b, job.logits + (<size_t> b0 * T + t0 + st) * V, T * V)
+                team_matmul(team, nb, &m.head, top + <size_t> st * nb * width, width,
+                            m.head_b, job.logits + (<size_t> b0 * T + t0 + st) * V, T * V)
 
 
 cdef inline void step_layer(const Job *job, const Layer *L, int nb, int st, float *h_state,
@@ -169,8 +159,8 @@ cdef inline void step_layer(const Job *job, const Layer *L, int nb, int st, floa
                             const Team *team) noexcept nogil:
     """Step st of the chunk for layer L: out[st] from out[st-1] (h_state at st = 0), the
     time-major layout making each step's rows contiguous."""
-    cdef int G = gates_of(job.cell)
-    layer_step(job.cell, L, nb, s.xw + <size_t> st * nb * G * L.hidden,
+    cdef int G = gates_of(job.model.cell)
+    layer_step(job.model.cell, L, nb, s.xw + <size_t> st * nb * G * L.hidden,
                h_state if st == 0 else out + <size_t> (st - 1) * nb * L.out_size,
                out + <size_t> st * nb * L.out_size, c_state, s.hw, s.hfull, panels, team)
 
@@ -206,7 +196,8 @@ cdef void run_rows(const Job *job, int b0, int b1, Scratch *s, Team *team) noexc
     them.  Every thread of `team` calls this with the same arguments (s shared): the team
     shares every product and cell update, thread 0 moves the rows between buffers."""
     cdef int nb = b1 - b0
-    cdef int T = job.steps, G = gates_of(job.cell)
+    cdef const Stack *m = job.model
+    cdef int T = job.steps, G = gates_of(m.cell)
     cdef int l, st, r, t0, tc
     cdef bint panels = not job.blas or team.size > 1
     cdef const Layer *L
@@ -223,13 +214,13 @@ cdef void run_rows(const Job *job, int b0, int b1, Scratch *s, Team *team) noexc
             gather_input(job, b0, nb, t0, tc, inp, s)
         sync(team)
 
-        for l in range(job.num_layers):
-            L = &job.layers[l]
+        for l in range(m.num_layers):
+            L = &m.layers[l]
             h_state = job.h + (<size_t> l * job.batch + b0) * L.out_size
             c_state = job.c + (<size_t> l * job.batch + b0) * L.hidden if job.c != NULL else NULL
 
             # xw := inp . W_ih^T + bias_x, one product for the whole chunk.
-            if not (l == 0 and job.table.data != NULL):
+            if not (l == 0 and job.x == NULL and m.table.data != NULL):
                 input_projection(L, G, tc * nb, inp, s.xw, panels, team)
             st = 0
             while st < tc:
@@ -246,7 +237,7 @@ cdef void run_rows(const Job *job, int b0, int b1, Scratch *s, Team *team) noexc
             out = tmp
 
         # inp now holds the top layer's output for the chunk, time-major (tc, nb, out_last).
-        L = &job.layers[job.num_layers - 1]
+        L = &m.layers[m.num_layers - 1]
         if job.logits != NULL:
             head_product(job, b0, nb, t0, tc, inp, team)
         elif job.y != NULL and team.tid == 0:
@@ -315,75 +306,63 @@ def max_threads():
     return openmp.omp_get_max_threads()
 
 
-cdef bint use_blas(list layers, head_w, logits) except -1:
-    """BLAS when every weight is also held row-major in float32 (float32 models on CPUs
-    without matmul.h's vector paths: fastlstm.isa.vector_kernels)."""
-    return all(layer.w_ih is not None for layer in layers) and (logits is None or head_w is not None)
+def forward(PackedModel model, *, h, c=None, x=None, ids=None, y=None, logits=None,
+            int num_threads=1, bint panels_only=False):
+    """Run `model`'s stack over a batch of sequences.
 
-
-def forward(str rnn_type, list layers, *, h, c=None, x=None, ids=None, emb=None, table=None,
-            y=None, logits=None, head=None, head_w=None, head_b=None, int num_threads=1):
-    """Run `layers` (a list of fastlstm.pack.PackedLayer) over a batch of sequences.
-
-    The input is `x` (batch, steps, in0) float32, or `ids` (batch, steps) int64 with `emb`
-    (vocab, in0) or with `table` (vocab, gates*hidden0), both fastlstm.precision.Stored.  The
-    output goes to `y` (batch, steps, out_last), or through the head (`head`, a PackedMatrix
-    (vocab, out_last); `head_w`, the same row-major float32 for BLAS; `head_b` (vocab,)) into
-    `logits` (batch, steps, vocab); with neither, only the state is computed.  `h`
-    (num_layers, batch, out) and `c` (num_layers, batch, hidden) hold the initial state and
-    receive the final one.  All arrays C-contiguous; every shape was checked by the caller.
+    The input is `x` (batch, steps, in0) float32, or `ids` (batch, steps) int64 for the
+    model's embedding or lookup table.  The output goes to `y` (batch, steps, out_last), or
+    through the model's head into `logits` (batch, steps, outputs); with neither, only the
+    state is computed.  `h` (num_layers, batch, out) and `c` (num_layers, batch, hidden)
+    hold the initial state and receive the final one.  All arrays C-contiguous; every shape
+    was checked by the caller.  `panels_only`: multiply on matmul.h's panels even where the
+    model also holds row-major copies for BLAS (a row's bits then do not depend on the batch).
     """
     cdef Job job
-    cdef int n = len(layers), i, tid, nthreads, per, extra, failed = 0
+    cdef int i, tid, nthreads, per, extra, failed = 0
     cdef int[::1] status
     cdef const int64_t[:, ::1] ids_view
-    job.cell = cell_code(rnn_type)
-    job.num_layers = n
+    job.model = &model.stack
     job.h = <float *> float_ptr(h, "h")
     job.c = <float *> float_ptr(c, "c", True)
     job.x = float_ptr(x, "x", True)
-    fill_layer0_input(&job.emb, &job.table, emb, table)
     job.y = <float *> float_ptr(y, "y", True)
     job.logits = <float *> float_ptr(logits, "logits", True)
-    job.blas = use_blas(layers, head_w, logits)
-    job.head_w = float_ptr(head_w, "head_w", True)
-    fill_matrix(&job.head_p, head, "head", True)
-    if logits is not None and not job.blas and head is None:
-        raise ValueError("logits need the head's panels")
-    job.head_b = float_ptr(head_b, "head_b", True)
+    job.blas = model.stack.row_major and not panels_only
+    if logits is not None and model.stack.head.panels == NULL:
+        raise ValueError("logits need a model with a head")
     job.ids = NULL
     if ids is not None:
+        if model.stack.emb.data == NULL and model.stack.table.data == NULL:
+            raise ValueError("token ids need a model with an embedding or a lookup table")
         ids_view = ids
         job.batch, job.steps = ids_view.shape[0], ids_view.shape[1]
         job.ids = &ids_view[0, 0]
-    else:
+    elif x is not None:
         job.batch, job.steps = x.shape[0], x.shape[1]
+    else:
+        raise ValueError("forward needs x or ids")
     job.vocab = logits.shape[2] if logits is not None else 0
 
-    job.layers = layers_from_packed(layers)
-    try:
-        nthreads = max(1, min(num_threads, job.batch))
-        status = np.zeros(nthreads, dtype=np.intc)
-        per = job.batch // nthreads
-        extra = job.batch % nthreads
-        with nogil:
-            if job.batch < num_threads and not team_solo_now():  # all threads share each row
-                failed = run_team(&job, 1, num_threads)
-            else:
-                for tid in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-                    # Thread tid takes rows [tid*per + min(tid, extra), ...), one more if tid < extra.
-                    status[tid] = run_alone(&job, tid * per + min(tid, extra),
-                                            (tid + 1) * per + min(tid + 1, extra))
-        for i in range(nthreads):
-            failed |= status[i]
-    finally:
-        free(job.layers)
+    nthreads = max(1, min(num_threads, job.batch))
+    status = np.zeros(nthreads, dtype=np.intc)
+    per = job.batch // nthreads
+    extra = job.batch % nthreads
+    with nogil:
+        if job.batch < num_threads and not team_solo_now():  # all threads share each row
+            failed = run_team(&job, 1, num_threads)
+        else:
+            for tid in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
+                # Thread tid takes rows [tid*per + min(tid, extra), ...), one more if tid < extra.
+                status[tid] = run_alone(&job, tid * per + min(tid, extra),
+                                        (tid + 1) * per + min(tid + 1, extra))
+    for i in range(nthreads):
+        failed |= status[i]
     if failed:
         raise MemoryError("fastlstm: could not allocate the kernel's scratch buffers")
 
 
-def prefill(str rnn_type, list layers, *, ids, offsets, h, c=None, emb=None, table=None,
-            int num_threads=1):
+def prefill(PackedModel model, *, ids, offsets, h, c=None, int num_threads=1):
     """Run each prompt of a ragged batch on its own, from a zero state, and keep only the
     final state: prompt p is ids[offsets[p]:offsets[p+1]] (at least one id) and its state
     goes to h[p] (num_layers, out_size) and c[p] (num_layers, hidden).
@@ -399,17 +378,14 @@ def prefill(str rnn_type, list layers, *, ids, offsets, h, c=None, emb=None, tab
     cdef int p, n_prompts = offsets_view.shape[0] - 1, failed = 0
     cdef int[::1] status = np.zeros(max(n_prompts, 1), dtype=np.intc)
     cdef Job *jobs
-    base.cell = cell_code(rnn_type)
-    base.num_layers = len(layers)
+    if model.stack.emb.data == NULL and model.stack.table.data == NULL:
+        raise ValueError("prefill needs a model with an embedding or a lookup table")
+    base.model = &model.stack
     base.batch = 1
     base.x = NULL
-    fill_layer0_input(&base.emb, &base.table, emb, table)
     base.blas = False  # matmul.h for every precision: the same bits for any thread count
     base.y = NULL
     base.logits = NULL
-    base.head_w = NULL
-    base.head_p.panels = NULL
-    base.head_b = NULL
     base.vocab = 0
     cdef float *h_all = <float *> float_ptr(h, "h")
     cdef float *c_all = <float *> float_ptr(c, "c", True)
@@ -419,9 +395,7 @@ def prefill(str rnn_type, list layers, *, ids, offsets, h, c=None, emb=None, tab
     jobs = <Job *> malloc(n_prompts * sizeof(Job))
     if jobs == NULL:
         raise MemoryError()
-    base.layers = NULL
     try:
-        base.layers = layers_from_packed(layers)
         for p in range(n_prompts):
             jobs[p] = base
             jobs[p].ids = &ids_view[offsets_view[p]]
@@ -437,7 +411,6 @@ def prefill(str rnn_type, list layers, *, ids, offsets, h, c=None, emb=None, tab
         for p in range(n_prompts):
             failed |= status[p]
     finally:
-        free(base.layers)
         free(jobs)
     if failed:
         raise MemoryError("fastlstm: could not allocate the kernel's scratch buffers")

@@ -1,5 +1,7 @@
 # A stack of recurrent layers as the kernels see it: raw pointers into the arrays of
-# fastlstm.pack.PackedLayer, which the Python side keeps alive for the duration of a call.
+# fastlstm.pack's PackedLayer and PackedMatrix, gathered once at load into a Stack
+# (fastlstm._packed.PackedModel, which keeps the arrays alive), and the steps every kernel
+# loop shares: a layer's step, the input projection, the team of threads on one sequence.
 
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
@@ -39,6 +41,32 @@ cdef struct Layer:
     int in_size
     int hidden
     int out_size
+
+
+cdef struct Rows:
+    # An embedding or layer-0 lookup table, row-major in the model's precision.
+    const void *data       # (vocab, width)
+    const float *scale     # (vocab,) int8 only
+    int type               # matmul.h's enum fl_wtype
+    int width
+
+
+cdef struct Stack:
+    # A whole model as the kernels read it: built once at load, read-only afterwards.
+    int cell               # enum Cell
+    int num_layers
+    Layer *layers          # (num_layers,)
+    # Layer 0's input from token ids (language models; both .data NULL for float inputs):
+    Rows emb               # embedding rows (vocab, in0), multiplied by W_ih each step; or
+    Rows table             # its input projections per token (vocab, gates*hidden0)
+    fl_matrix head         # (outputs, out_last) in panels; .panels NULL without a head
+    const float *head_w    # the same row-major float32, for BLAS; or NULL
+    const float *head_b    # (outputs,) or NULL
+    bint row_major         # every weight is also row-major float32, so BLAS may multiply
+    # The widest activations of any layer, which size the loops' scratch buffers:
+    int max_width          # max(in_size, out_size)
+    int max_gates          # gates * hidden
+    int max_hidden
 
 
 cdef extern from "team.h" nogil:
@@ -185,14 +213,6 @@ cdef inline void team_matmul(const Team *team, int m, const fl_matrix *W, const 
     fl_matmul_part(team.tid, team.size, m, W, x, ldx, bias, 0, y, ldy)
 
 
-cdef struct Rows:
-    # An embedding or layer-0 lookup table, row-major in the model's precision.
-    const void *data       # (vocab, width)
-    const float *scale     # (vocab,) int8 only
-    int type               # matmul.h's enum fl_wtype
-    int width
-
-
 cdef inline void gather_rows(const Rows *t, const int64_t *ids, int count, float *rows,
                              int ld) noexcept nogil:
     """rows[i, :width] := row ids[i] of t, as float32 (rows ld floats apart)."""
@@ -270,46 +290,6 @@ cdef inline int fill_rows(Rows *t, object stored, str name) except -1:
             raise ValueError(f"{name}: int8 rows need one scale per row")
         t.scale = float_ptr(stored.scale, f"{name} scale")
     return 0
-
-
-cdef inline int fill_layer0_input(Rows *emb_rows, Rows *table_rows, object emb,
-                                  object table) except -1:
-    """Point the rows at Model._layer0_input()'s emb and table (.data NULL for a None)."""
-    emb_rows.data = NULL
-    table_rows.data = NULL
-    if emb is not None:
-        fill_rows(emb_rows, emb, "emb")
-    if table is not None:
-        fill_rows(table_rows, table, "table")
-    return 0
-
-
-cdef inline Layer *layers_from_packed(list packed) except NULL:
-    """A malloc'd Layer array (the caller frees it) pointing into PackedLayer arrays."""
-    cdef int i, n = len(packed)
-    if n == 0:
-        raise ValueError("no layers")
-    cdef Layer *layers = <Layer *> malloc(n * sizeof(Layer))
-    if layers == NULL:
-        raise MemoryError()
-    try:
-        for i, layer in enumerate(packed):
-            fill_matrix(&layers[i].w_ih_p, layer.w_ih_panels, "w_ih")
-            fill_matrix(&layers[i].w_hh_p, layer.w_hh_panels, "w_hh")
-            fill_matrix(&layers[i].w_hr_p, layer.w_hr_panels, "w_hr", True)
-            fill_matrix(&layers[i].w_hn_p, getattr(layer, "w_hn_panels", None), "w_hn", True)
-            layers[i].w_ih = float_ptr(layer.w_ih, "w_ih", True)
-            layers[i].w_hh = float_ptr(layer.w_hh, "w_hh", True)
-            layers[i].w_hr = float_ptr(layer.w_hr, "w_hr", True)
-            layers[i].bias_x = float_ptr(layer.bias_x, "bias_x")
-            layers[i].bias_hn = float_ptr(layer.bias_hn, "bias_hn", True)
-            layers[i].in_size = layers[i].w_ih_p.k
-            layers[i].hidden = layer.hidden_size
-            layers[i].out_size = layers[i].w_hh_p.k
-    except BaseException:
-        free(layers)
-        raise
-    return layers
 
 
 cdef inline void gru_reset_before_step(const Layer *L, int rows, const float *xw,

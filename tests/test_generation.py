@@ -119,7 +119,7 @@ def test_long_prompts_through_an_embedding(tmp_path, monkeypatch, rnn_type):
     expected = [torch_greedy(torch_model, p, 20) for p in prompts]
     for threads in (1, 2):
         model = fastlstm.load(path, num_threads=threads)
-        assert model._table is None
+        assert model.packed.table is None
         np.testing.assert_array_equal(
             model.generate_ids(prompts, temperature=0, max_new_tokens=20), np.array(expected))
         np.testing.assert_array_equal(
@@ -242,6 +242,28 @@ def test_stop_and_eos_pad_ids_with_minus_one(lstm):
     np.testing.assert_array_equal(got[:end], free[0, :end])
     assert np.all(got[end:] == -1)
     assert tok.decode(got[:end]).endswith(stop)
+
+
+def test_each_row_says_why_it_stopped(lstm):
+    """The decode loop records each row's finish reason (batch jobs report it): "stop" when
+    its last ids are an eos id or a stop string, even at max_new_tokens, else "length"."""
+    tok = lstm.tokenizer
+    prompts = [tok.encode(p) for p in ("the quick", "a", "no", "xy")]
+    free = lstm.generate_ids(prompts, seed=[1, 2, 3, 4], max_new_tokens=40)
+    eos = int(free[0, 20])  # row 0 stops on it, at 21 tokens or before
+    stop = tok.decode(free[1, 38:40])  # row 1 stops on it, at the last token or before
+    params = generation.GenerationParams(seed=(1, 2, 3, 4), max_new_tokens=40,
+                                         eos_token_id=eos, stop=[stop])
+    decoder = generation.generate_all(lstm, prompts, params)
+    stop_ids = tok.encode(stop)
+    reasons = []
+    for row in range(4):
+        new = decoder.row_ids(row).tolist()
+        stopped = new[-1] == eos or new[-len(stop_ids):] == stop_ids
+        assert stopped or len(new) == 40
+        reasons.append(decoder.finish_reason(row))
+        assert reasons[-1] == ("stop" if stopped else "length"), (row, new)
+    assert reasons[:2] == ["stop", "stop"]
 
 
 def test_eos_in_generate_text_included(lstm):

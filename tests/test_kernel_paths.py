@@ -115,7 +115,7 @@ def test_threads_share_a_sequence_only_when_its_steps_are_big_enough(monkeypatch
     assert call_threads(2, 1, TEAM_MIN_WEIGHTS) == 2  # a team
     assert call_threads(2, 1, TEAM_MIN_WEIGHTS - 1) == 1  # one thread, the row's own
     assert call_threads(4, 3, 10) == 3 and call_threads(2, 64, 10) == 2  # rows for every thread
-    assert fastlstm.load()._step_weights > TEAM_MIN_WEIGHTS  # the bundled model shares
+    assert fastlstm.load().packed.step_weights > TEAM_MIN_WEIGHTS  # the bundled model shares
 
 
 def test_the_fastest_path_is_the_default_and_models_say_which():

@@ -354,8 +354,8 @@ def test_blas_forward_on_cpus_without_vector_kernels(tmp_path, monkeypatch, num_
     save_case(torch_model, case, path)
     ref = stored_model(torch_model, "float32")
     model = fastlstm.load(str(path), num_threads=num_threads)
-    assert model._head_weight is not None and model._layers[0].w_ih is not None
-    assert fastlstm.load(str(path), dtype="float16")._head_weight is None
+    assert model.packed.head_w is not None and model.packed.layers[0].w_ih is not None
+    assert fastlstm.load(str(path), dtype="float16").packed.head_w is None
     for batch in (5, 1):
         ids = np.random.default_rng(4).integers(0, 300, (batch, 6))
         expected_logits, expected_state = torch_forward(ref, ids)
@@ -368,8 +368,8 @@ def test_vector_kernels_hold_no_row_major_copies(tmp_path):
     if not fastlstm.isa.vector_kernels():
         pytest.skip("this CPU runs the portable path")
     lo = _make(tmp_path, rnn_type="LSTM", num_layers=2, vocab=12, emb=4, hidden=5, seed=36)
-    assert lo.model._head_weight is None
-    assert all(layer.w_ih is None and layer.w_hh is None for layer in lo.model._layers)
+    assert lo.model.packed.head_w is None
+    assert all(layer.w_ih is None and layer.w_hh is None for layer in lo.model.packed.layers)
 
 
 def test_load_accepts_pathlike(tmp_path):

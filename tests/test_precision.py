@@ -345,7 +345,7 @@ def test_smaller_weights_in_memory():
     sizes = {dtype: model.nbytes for dtype, model in models.items()}
     # Each holds its panels once (plus the float32 lookup table, the same in all four); on
     # CPUs without vector kernels float32 also keeps row-major copies for BLAS.
-    table = models["float32"]._table.data.nbytes
+    table = models["float32"].packed.table.data.nbytes
     copies = 1 if fastlstm.isa.vector_kernels() else 2
     assert sizes["float32"] < copies * 4.1 * models["float32"].config.num_parameters + table
     assert sizes["float16"] - table < 0.52 * (sizes["float32"] - table) / copies

@@ -20,7 +20,5 @@ h = np.zeros((cfg.num_layers, 1, cfg.output_size), np.float32)
 c = np.zeros((cfg.num_layers, 1, cfg.hidden_size), np.float32)
 logits = np.empty((1, 1, cfg.vocab_size), np.float32)
 bad = np.array([[cfg.vocab_size]], np.int64)  # one past the last row
-_rnn.forward(cfg.rnn_type, model._layers, h=h, c=c, ids=bad, **model._layer0_input(),
-             logits=logits, head=model._head, head_w=model._head_weight, head_b=model._head_bias,
-             num_threads=1)
+_rnn.forward(model.packed, h=h, c=c, ids=bad, logits=logits, num_threads=1)
 print("canary: the out-of-bounds call returned (the checker must have reported it)")

@@ -281,7 +281,7 @@ def check_blas(directory, rng):
                 panels = fastlstm.load(path, dtype="float32", num_threads=threads)
                 isa.vector_kernels = lambda: False
                 if isinstance(model, fastlstm.Forecaster):
-                    assert model._layers[0].w_ih is not None
+                    assert model.packed.row_major
                     for batch in (1, 3):
                         x = rng.standard_normal((batch, 50, 3)).astype(np.float32)
                         np.testing.assert_allclose(model.predict(x)[0], panels.predict(x)[0],
@@ -289,7 +289,7 @@ def check_blas(directory, rng):
                         np.testing.assert_allclose(model.forecast(x, 20), panels.forecast(x, 20),
                                                    rtol=1e-3, atol=1e-3)
                     continue
-                assert model._head_weight is not None
+                assert model.packed.row_major
                 V = model.config.vocab_size
                 for batch in (1, 3):
                     ids = rng.integers(0, V, (batch, 300))
@@ -404,7 +404,7 @@ def main() -> int:
             path = write_model(directory, name, rnn_type, vocab, **kw)
             for dtype in DTYPES:  # matmul.h in every precision (check_blas: OpenBLAS)
                 model = fastlstm.load(path, dtype=dtype, num_threads=2)
-                assert (model._table is not None) == table, f"{name}: table {model._table is not None}"
+                assert (model.packed.table is not None) == table, f"{name}: table {model.packed.table is not None}"
                 check_forward(model, rng, fastlstm.load(path, dtype=dtype, num_threads=1))
                 check_generation(path, rng, dtype)
             print(f"  {name}: forward, prefill, decode OK in {', '.join(DTYPES)}", flush=True)

@@ -1,0 +1,11 @@
+# fastlstm._packed's PackedModel, declared here (in the package, where Cython looks for
+# fastlstm._packed) so that the kernel modules can cimport it; src_pyx/_packed.pyx builds it.
+
+from stack cimport Stack
+
+
+cdef class PackedModel:
+    cdef Stack stack            # what the kernels read (stack.pxd)
+    cdef readonly object parts  # the Python objects whose arrays `stack` points into
+    cdef readonly str rnn_type
+    cdef readonly long long step_weights
