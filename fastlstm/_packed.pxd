@@ -6,6 +6,8 @@ from stack cimport Stack
 
 cdef class PackedModel:
     cdef Stack stack            # what the kernels read (stack.pxd)
-    cdef readonly object parts  # the Python objects whose arrays `stack` points into
     cdef readonly str rnn_type
     cdef readonly long long step_weights
+    # The Python objects whose arrays `stack` points into, as given (kept alive here).
+    cdef readonly list layers
+    cdef readonly object emb, table, head, head_w, head_b

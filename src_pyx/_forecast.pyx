@@ -13,13 +13,13 @@
 #
 # fastlstm.forecaster validates every input and allocates every output; this module trusts them.
 
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport parallel
 from libc.stdlib cimport free, malloc
 
 cimport openmp
 
-from stack cimport (Layer, Stack, Team, float_ptr, gates_of, input_projection, layer_step,
-                    sync, team_matmul, team_of, fl_team, fl_team_free, fl_team_new)
+from stack cimport (Layer, Stack, Team, float_ptr, gates_of, run_split, stack_step, sync,
+                    team_matmul, team_of, fl_team, fl_team_free, fl_team_new)
 from fastlstm._packed cimport PackedModel
 
 import numpy as np
@@ -64,28 +64,19 @@ cdef void forecast_rows(const Run *run, int b0, int b1, Scratch *s, const Team *
     each later step feeds the previous prediction through the stack.  Every thread of `team`
     calls this with the same arguments (s shared) and takes its share of every product."""
     cdef const Stack *m = run.model
-    cdef int n = b1 - b0, l, step, G = gates_of(m.cell), F = run.features
+    cdef int n = b1 - b0, step, G = gates_of(m.cell), F = run.features
     cdef size_t row_stride = <size_t> run.steps * F  # floats between series in out
-    cdef const Layer *L
+    cdef const Layer *L0 = &m.layers[0]
     cdef const Layer *top = &m.layers[m.num_layers - 1]
     cdef float *h_top = run.h + (<size_t> (m.num_layers - 1) * run.batch + b0) * top.out_size
     cdef float *prediction
     for step in range(run.steps):
         prediction = run.out + <size_t> b0 * row_stride + <size_t> step * F
         if step > 0:
-            for l in range(m.num_layers):
-                L = &m.layers[l]
-                # xw := input . W_ih^T + bias_x: the last prediction, or the layer below's new h
-                if l == 0:
-                    team_matmul(team, n, &L.w_ih_p, prediction - F, <int> row_stride,
-                                L.bias_x, s.xw, G * L.hidden)
-                else:
-                    input_projection(L, G, n, run.h + (<size_t> (l - 1) * run.batch + b0) * L.in_size,
-                                     s.xw, True, team)
-                layer_step(m.cell, L, n, s.xw, run.h + (<size_t> l * run.batch + b0) * L.out_size,
-                           run.h + (<size_t> l * run.batch + b0) * L.out_size,
-                           run.c + (<size_t> l * run.batch + b0) * L.hidden if run.c != NULL else NULL,
-                           s.hw, s.hfull, True, team)
+            # Layer 0's input projections: the last prediction . W_ih^T + bias_x.
+            team_matmul(team, n, &L0.w_ih_p, prediction - F, <int> row_stride, L0.bias_x,
+                        s.xw, G * L0.hidden)
+            stack_step(m, b0, n, run.batch, run.h, run.c, s.xw, s.hw, s.hfull, team)
         # prediction := h_top . W_head^T + b_head; the next step's layer 0 reads all of it.
         team_matmul(team, n, &m.head, h_top, top.out_size, m.head_b, prediction, <int> row_stride)
         sync(team)
@@ -126,6 +117,14 @@ cdef int forecast_team(const Run *run, int team_size) noexcept nogil:
     return 0
 
 
+cdef int series_alone(const void *run, int b0, int b1) noexcept nogil:
+    return forecast_alone(<const Run *> run, b0, b1)
+
+
+cdef int series_team(const void *run, int team_size) noexcept nogil:
+    return forecast_team(<const Run *> run, team_size)
+
+
 def forecast(PackedModel model, *, h, c, out, int num_threads=1):
     """Fill `out` (batch, steps, features) float32 with predictions fed back as inputs.
 
@@ -137,8 +136,7 @@ def forecast(PackedModel model, *, h, c, out, int num_threads=1):
     checked every shape.
     """
     cdef Run run
-    cdef int t, nthreads, per, extra, failed = 0
-    cdef int[::1] status
+    cdef int failed
     run.model = &model.stack
     run.batch, run.steps, run.features = out.shape[0], out.shape[1], out.shape[2]
     run.h = <float *> float_ptr(h, "h")
@@ -148,19 +146,7 @@ def forecast(PackedModel model, *, h, c, out, int num_threads=1):
             or model.stack.head.n != run.features):
         raise ValueError("forecasting feeds each prediction back: the head's outputs and "
                          "layer 0's inputs must be the same features")
-    nthreads = max(1, min(num_threads, run.batch))
-    status = np.zeros(nthreads, dtype=np.intc)
-    per = run.batch // nthreads
-    extra = run.batch % nthreads
     with nogil:
-        if run.batch < num_threads:  # fewer series than threads: all threads share each
-            failed = forecast_team(&run, num_threads)
-        else:
-            for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-                # Thread t takes series [t*per + min(t, extra), ...), one more if t < extra.
-                status[t] = forecast_alone(&run, t * per + min(t, extra),
-                                           (t + 1) * per + min(t + 1, extra))
-    for t in range(nthreads):
-        failed |= status[t]
+        failed = run_split(&run, run.batch, num_threads, series_alone, series_team)
     if failed:
         raise MemoryError("fastlstm: could not allocate the forecasting loop's scratch buffers")

@@ -25,7 +25,7 @@ from libc.string cimport memcpy
 
 from sampler cimport Candidate, SamplingParams, coin, sample_token
 from stack cimport (Layer, Stack, Team, float_ptr, gates_of, gather_rows, input_projection,
-                    layer_step, sync, sync_after_solo, team_end, team_matmul, team_of,
+                    stack_step, sync, sync_after_solo, team_end, team_matmul, team_of,
                     team_solo_over, team_solo_now, team_take_waits, team_wants_solo,
                     fl_get_team_solo_until, fl_team, fl_team_free, fl_team_new, fl_now_ns)
 from fastlstm._packed cimport PackedModel
@@ -187,7 +187,7 @@ cdef struct Control:
 cdef void step_stack(const Run *run, int begin, int n, Scratch *s, const Team *team) noexcept nogil:
     """Every layer's step for the running slots [begin, begin + n): the new h (and c)."""
     cdef const Stack *m = run.model
-    cdef int l, G = gates_of(m.cell)
+    cdef int G = gates_of(m.cell)
     cdef const Layer *L = &m.layers[0]
     # Layer 0's input: a lookup-table row, or an embedding row times W_ih.
     if m.table.data != NULL:
@@ -198,15 +198,7 @@ cdef void step_stack(const Run *run, int begin, int n, Scratch *s, const Team *t
             gather_rows(&m.emb, run.last + begin, n, s.x, L.in_size)
         sync(team)
         input_projection(L, G, n, s.x, s.xw, True, team)
-    for l in range(run.num_layers):
-        L = &m.layers[l]
-        if l > 0:  # input: the new h of the layer below
-            input_projection(L, G, n, run.h + (<size_t> (l - 1) * run.batch + begin) * L.in_size,
-                             s.xw, True, team)
-        layer_step(m.cell, L, n, s.xw, run.h + (<size_t> l * run.batch + begin) * L.out_size,
-                   run.h + (<size_t> l * run.batch + begin) * L.out_size,
-                   run.c + (<size_t> l * run.batch + begin) * L.hidden if run.c != NULL else NULL,
-                   s.hw, s.hfull, True, team)
+    stack_step(m, begin, n, run.batch, run.h, run.c, s.xw, s.hw, s.hfull, team)
 
 
 cdef int sample_and_record(Run *run, int begin, int n, Scratch *s) noexcept nogil:

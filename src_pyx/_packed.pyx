@@ -92,35 +92,11 @@ cdef class PackedModel:
             self.step_weights += head.n * head.k
             s.row_major = s.row_major and s.head_w != NULL
         self.rnn_type = rnn_type
-        self.parts = (layers, emb, table, head, head_w, head_b)
+        self.layers, self.emb, self.table = layers, emb, table
+        self.head, self.head_w, self.head_b = head, head_w, head_b
 
     def __dealloc__(self):
         free(self.stack.layers)
-
-    # The Python objects the stack points into, as given.
-    @property
-    def layers(self) -> list:
-        return self.parts[0]
-
-    @property
-    def emb(self):
-        return self.parts[1]
-
-    @property
-    def table(self):
-        return self.parts[2]
-
-    @property
-    def head(self):
-        return self.parts[3]
-
-    @property
-    def head_w(self):
-        return self.parts[4]
-
-    @property
-    def head_b(self):
-        return self.parts[5]
 
     @property
     def num_layers(self) -> int:

@@ -24,7 +24,7 @@ from libc.string cimport memcpy
 
 from blas cimport matmul_wt
 from stack cimport (Layer, Stack, Team, float_ptr, gates_of, gather_rows, input_projection,
-                    layer_step, sync, sync_after_solo, team_end, team_matmul, team_of,
+                    layer_step, run_split, sync, sync_after_solo, team_end, team_matmul, team_of,
                     team_solo_over, team_solo_now, team_take_waits, team_wants_solo,
                     fl_get_team_solo_until, fl_team, fl_team_free, fl_team_new)
 from fastlstm._packed cimport PackedModel
@@ -306,6 +306,14 @@ def max_threads():
     return openmp.omp_get_max_threads()
 
 
+cdef int rows_alone(const void *job, int b0, int b1) noexcept nogil:
+    return run_alone(<const Job *> job, b0, b1)
+
+
+cdef int rows_team(const void *job, int team_size) noexcept nogil:
+    return run_team(<const Job *> job, 1, team_size)
+
+
 def forward(PackedModel model, *, h, c=None, x=None, ids=None, y=None, logits=None,
             int num_threads=1, bint panels_only=False):
     """Run `model`'s stack over a batch of sequences.
@@ -319,8 +327,7 @@ def forward(PackedModel model, *, h, c=None, x=None, ids=None, y=None, logits=No
     model also holds row-major copies for BLAS (a row's bits then do not depend on the batch).
     """
     cdef Job job
-    cdef int i, tid, nthreads, per, extra, failed = 0
-    cdef int[::1] status
+    cdef int failed
     cdef const int64_t[:, ::1] ids_view
     job.model = &model.stack
     job.h = <float *> float_ptr(h, "h")
@@ -344,20 +351,8 @@ def forward(PackedModel model, *, h, c=None, x=None, ids=None, y=None, logits=No
         raise ValueError("forward needs x or ids")
     job.vocab = logits.shape[2] if logits is not None else 0
 
-    nthreads = max(1, min(num_threads, job.batch))
-    status = np.zeros(nthreads, dtype=np.intc)
-    per = job.batch // nthreads
-    extra = job.batch % nthreads
     with nogil:
-        if job.batch < num_threads and not team_solo_now():  # all threads share each row
-            failed = run_team(&job, 1, num_threads)
-        else:
-            for tid in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-                # Thread tid takes rows [tid*per + min(tid, extra), ...), one more if tid < extra.
-                status[tid] = run_alone(&job, tid * per + min(tid, extra),
-                                        (tid + 1) * per + min(tid + 1, extra))
-    for i in range(nthreads):
-        failed |= status[i]
+        failed = run_split(&job, job.batch, num_threads, rows_alone, rows_team)
     if failed:
         raise MemoryError("fastlstm: could not allocate the kernel's scratch buffers")
 

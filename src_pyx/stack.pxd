@@ -4,7 +4,7 @@
 # loop shares: a layer's step, the input projection, the team of threads on one sequence.
 
 from libc.stdint cimport int32_t, int64_t
-from libc.stdlib cimport free, malloc
+from cython.parallel cimport prange
 from libc.string cimport memcpy
 
 from blas cimport matmul_wt
@@ -362,3 +362,44 @@ cdef inline void input_projection(const Layer *L, int gates, int rows, const flo
     for r in range(rows):
         memcpy(xw + <size_t> r * width, L.bias_x, width * sizeof(float))
     matmul_wt(rows, width, L.in_size, x, L.in_size, L.w_ih, 1.0, xw, width)
+
+
+cdef inline void stack_step(const Stack *m, int begin, int n, int batch, float *h, float *c,
+                            float *xw, float *hw, float *hfull, const Team *team) noexcept nogil:
+    """One time step of every layer, on the panels, for state rows [begin, begin + n) of h
+    (num_layers, batch, out_size) and c (num_layers, batch, hidden; NULL but for LSTMs),
+    updated in place.  xw (n, gates*hidden0) holds layer 0's input projections, biases
+    included (complete by layer_step's first sync); each layer above takes the new h of the
+    one below.  hw, hfull: layer_step's scratch."""
+    cdef int l, G = gates_of(m.cell)
+    cdef const Layer *L
+    for l in range(m.num_layers):
+        L = &m.layers[l]
+        if l > 0:
+            input_projection(L, G, n, h + (<size_t> (l - 1) * batch + begin) * L.in_size, xw,
+                             True, team)
+        layer_step(m.cell, L, n, xw, h + (<size_t> l * batch + begin) * L.out_size,
+                   h + (<size_t> l * batch + begin) * L.out_size,
+                   c + (<size_t> l * batch + begin) * L.hidden if c != NULL else NULL,
+                   hw, hfull, True, team)
+
+
+# A loop over rows, as run_split runs it: on rows [b0, b1) alone, or every row as one team
+# of team_size threads.  Each returns 0, or -1 if it could not allocate its scratch.
+ctypedef int (*rows_alone_fn)(const void *work, int b0, int b1) noexcept nogil
+ctypedef int (*rows_team_fn)(const void *work, int team_size) noexcept nogil
+
+
+cdef inline int run_split(const void *work, int batch, int num_threads, rows_alone_fn alone,
+                          rows_team_fn team) noexcept nogil:
+    """Run `work` over `batch` rows on num_threads threads: with fewer rows than threads, as
+    one team (unless this module's teams were found lagging: then on one thread); else each
+    thread on an even share of whole rows, thread t on [t*per + min(t, extra), ...), one more
+    row if t < extra.  Returns 0, or -1 if a thread ran out of memory."""
+    cdef int t, nthreads = max(1, min(num_threads, batch)), failed = 0
+    cdef int per = batch // nthreads, extra = batch % nthreads
+    if batch < num_threads and not team_solo_now():
+        return team(work, num_threads)
+    for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
+        failed |= alone(work, t * per + min(t, extra), (t + 1) * per + min(t + 1, extra))
+    return -1 if failed else 0
