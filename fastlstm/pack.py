@@ -6,17 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastlstm._matmul import PANEL  # outputs per panel (matmul.h's FL_PANEL)
+from fastlstm._matmul import pack_panels, packed_size  # matmul.h's panel layout
 from fastlstm.precision import STORAGE, TYPE_CODES, Stored, store
 from fastlstm.roles import LayerWeights, RecurrentWeights
 
 ALIGNMENT = 64  # bytes: panels start on a cache line
-# bfloat16 panel rows interleave the two halves of the panel: position 2i holds output i,
-# 2i + 1 holds output 8 + i (matmul.h's fl_panel_slot), so one load gives both halves.
-# int8 panels hold quads of k, k padded with zeros to a multiple of 4: 64 bytes per quad,
-# outputs 0..7 then 8..15, each output's 4 k together (matmul.h's fl_i8_slot):
-# panels[p][kk // 4][l // 8][l % 8][kk % 4], what vpdpbusd multiplies per 32-bit lane.
-_BF16_ORDER = np.array([o for i in range(8) for o in (i, 8 + i)])
 
 
 def aligned_empty(count: int, dtype) -> np.ndarray:
@@ -29,8 +23,8 @@ def aligned_empty(count: int, dtype) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PackedMatrix:
-    """A weight W (n, k) in matmul.h's panels: panels[p][kk][slot] = W[16p + l, kk] (int8:
-    panels[p][kk // 4][l // 8][l % 8][kk % 4])."""
+    """A weight W (n, k) in matmul.h's panels (its header gives the layout; its fl_pack
+    writes them): panels[p][kk][slot] = W[16p + l, kk], or int8 quads of k."""
 
     panels: np.ndarray  # 1-D, 64-byte aligned, ceil(n/16)*16*k elements of the dtype's storage
     #                     (int8: k rounded up to a multiple of 4)
@@ -61,23 +55,14 @@ class PackedMatrix:
 def pack_matrix(w: Stored | np.ndarray, dtype: str | None = None) -> PackedMatrix:
     """W (n, k), float32 (converted to `dtype`) or already `Stored`, packed into panels."""
     stored = w if isinstance(w, Stored) else store(w, dtype or "float32")
-    data = stored.data
+    data = np.ascontiguousarray(stored.data)
     n, k = data.shape
-    padded_n = -(-n // PANEL) * PANEL
-    padded_k = -(-k // 4) * 4 if stored.dtype == "int8" else k
-    padded = np.zeros((padded_n, padded_k), dtype=data.dtype)
-    padded[:n, :k] = data
+    panels = aligned_empty(packed_size(n, k, stored.dtype), STORAGE[stored.dtype])
+    pack_panels(data, panels)
     qsum = None
-    if stored.dtype == "int8":  # quads of k: panels[p][kk // 4][l // 8][l % 8][kk % 4]
-        panels = padded.reshape(padded_n // PANEL, 2, 8, padded_k // 4, 4).transpose(0, 3, 1, 2, 4)
+    if stored.dtype == "int8":
         qsum = np.ascontiguousarray(data.sum(axis=1, dtype=np.int64).astype(np.int32))
-    else:
-        panels = padded.reshape(padded_n // PANEL, PANEL, padded_k).transpose(0, 2, 1)  # np,k,16
-        if stored.dtype == "bfloat16":
-            panels = panels[:, :, _BF16_ORDER]
-    out = aligned_empty(panels.size, STORAGE[stored.dtype])
-    out[:] = panels.reshape(-1)
-    return PackedMatrix(out, stored.scale, stored.dtype, n, k, qsum)
+    return PackedMatrix(panels, stored.scale, stored.dtype, n, k, qsum)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,13 @@
-# fastlstm._matmul: Python-callable twins of the matmul.h kernels, for tests and benchmarks.
-# The kernels' callers (stack.pxd, the decode loop) cimport them directly; nothing here is
-# public.  Weights come packed by fastlstm.pack.pack_matrix.
+# fastlstm._matmul: matmul.h for Python.  Its weight types and panel layout, which
+# fastlstm.precision and fastlstm.pack build on (WEIGHT_TYPES, PANEL, pack_panels), and
+# Python-callable twins of its kernels, for tests and benchmarks.  The kernels' callers
+# (stack.pxd, the loops) cimport them directly; nothing here is public.
 
 from libc.stdint cimport int64_t
 
 from matmul cimport (FL_BF16, FL_F16, FL_F32, FL_I8, FL_PANEL, fl_gather_rows,
                      fl_gather_rows_scalar, fl_matmul, fl_matmul_has_avx2, fl_matmul_scalar,
-                     fl_matrix, fl_packed_size, wtype_numpy_char)
+                     fl_matrix, fl_pack, fl_packed_size, wtype_numpy_char)
 from stack cimport Rows, fill_matrix, fill_rows
 
 import numpy as np
@@ -28,6 +29,24 @@ def has_avx2():
 def packed_size(int n, int k, str dtype="float32"):
     """Elements in the packed form of a weight W (n, k) stored as `dtype`."""
     return fl_packed_size(WEIGHT_TYPES[dtype][0], n, k)
+
+
+def pack_panels(data, out):
+    """Pack W (n, k), `data` C-contiguous in a weight type's storage (WEIGHT_TYPES: int8 as
+    q), into `out`: a 1-D, 64-byte aligned array of packed_size(n, k) such elements (matmul.h's
+    fl_pack; the padding is zeroed)."""
+    codes = {storage.char: code for code, storage in WEIGHT_TYPES.values()}
+    if data.dtype.char not in codes or data.ndim != 2 or not data.flags.c_contiguous:
+        raise ValueError("data must be a C-contiguous 2-D array of a weight type's storage")
+    cdef int type = codes[data.dtype.char], n = data.shape[0], k = data.shape[1]
+    if n < 1 or k < 1:
+        raise ValueError(f"an empty matrix {data.shape}")
+    if (out.dtype != data.dtype or out.ndim != 1 or not out.flags.c_contiguous
+            or out.size != fl_packed_size(type, n, k) or out.ctypes.data % 64):
+        raise ValueError("out must be a 64-byte aligned 1-D array of packed_size elements")
+    cdef size_t w = data.ctypes.data, panels = out.ctypes.data
+    with nogil:
+        fl_pack(type, n, k, <const void *> w, <void *> panels)
 
 
 cdef int row_stride(a, str name) except -1:

@@ -20,12 +20,11 @@
  * outputs,  packed[p][kk][0:16] = W[16p + 0..15, kk]  (zeros past n), contiguous, so a
  * kernel reads one 16-weight row per panel per kk.  bfloat16 panel rows are interleaved
  * (W[16p + 0], W[16p + 8], W[16p + 1], W[16p + 9], ...) so that one 32-byte load yields
- * both halves with one shift and one mask.  fastlstm.pack builds the panels (NumPy);
- * fl_panel_slot() is the layout's one definition on the C side.  int8 panels hold quads of
+ * both halves with one shift and one mask (fl_panel_slot).  int8 panels hold quads of
  * k instead, k padded with zeros to a multiple of 4: 64 bytes per quad c, outputs 0..7 then
  * 8..15, each output's 4 k together, packed[p][c][h][l][i] = q[16p + 8h + l, 4c + i]
  * (fl_i8_slot): one 32-byte vector is 8 outputs x 4 k, what vpdpbusd multiplies per 32-bit
- * lane.  Panels are 64-byte aligned.
+ * lane.  Panels are 64-byte aligned.  fl_pack writes them.
  *
  * The arithmetic above is written with explicit fma intrinsics / fmaf and plain adds, never
  * as a*b + c, so -ffp-contract cannot change it; -ffast-math (reassociation) would, hence
@@ -98,6 +97,30 @@ static inline int fl_panel_slot(int type, int l)
 static inline size_t fl_i8_slot(int l, int kk)
 {
     return (size_t)(kk / 4) * 4 * FL_PANEL + (size_t)(l / 8) * 32 + (size_t)(l % 8) * 4 + kk % 4;
+}
+
+/* panels := W (n, k), row-major elements of `type` (as PyTorch lays a weight out), in the
+ * panel layout above: fl_packed_size(type, n, k) elements, zeros past n (and past k in int8
+ * quads).  The layout's one writer: fastlstm.pack packs every weight through it
+ * (fastlstm._matmul.pack_panels); the kernels read what fl_panel_slot and fl_i8_slot say. */
+static void fl_pack(int type, int n, int k, const void *w, void *panels)
+{
+    size_t size = fl_wtype_size(type), panel_bytes = (size_t)FL_PANEL * fl_packed_k(type, k) * size;
+    memset(panels, 0, fl_packed_size(type, n, k) * size);
+    for (int j = 0; j < n; j++) {
+        int l = j % FL_PANEL;
+        char *panel = (char *)panels + (size_t)(j / FL_PANEL) * panel_bytes;
+        const char *row = (const char *)w + (size_t)j * k * size;
+        for (int kk = 0; kk < k; kk++) {
+            size_t at = type == FL_I8 ? fl_i8_slot(l, kk)
+                                      : ((size_t)kk * FL_PANEL + fl_panel_slot(type, l)) * size;
+            switch (size) {
+            case 4: memcpy(panel + at, row + (size_t)kk * 4, 4); break;
+            case 2: memcpy(panel + at, row + (size_t)kk * 2, 2); break;
+            default: panel[at] = row[kk];
+            }
+        }
+    }
 }
 
 /* ------------------------------------------------------------ exact conversions */

@@ -25,6 +25,8 @@ cdef extern from "matmul.h" nogil:
     int FL_PANEL  # outputs per panel
     # Elements in the packed form of W (n, k) stored as `type`.
     size_t fl_packed_size(int type, int n, int k)
+    # panels := W (n, k) row-major, in the panel layout (the layout's one writer).
+    void fl_pack(int type, int n, int k, const void *w, void *panels)
     # y[r, j] := v (or y[r, j] + v if accumulate), v = sum_kk x[r, kk] W[j, kk] (+ bias[j])
     # as one fma chain over kk (int8: exact, on x rounded to int16), for r < m, j < n; x rows ldx floats apart, y rows
     # ldy apart, bias (n,) or NULL.  Single-threaded; callers split rows across threads.
