@@ -24,7 +24,7 @@ from safetensors.torch import save_model
 import fastlstm
 from fastlstm import _matmul
 from fastlstm.pack import pack_matrix
-from fastlstm.precision import DTYPES, FLOAT16_MAX, check_dtype, store
+from fastlstm.precision import DTYPES, FLOAT16_MAX, Stored, check_dtype, store
 from fastlstm.train import validation_rows
 from fastlstm.file_format import SCALE_SUFFIX, read_safetensors, write_model_file
 
@@ -437,6 +437,54 @@ def test_bad_int8_files(tmp_path, edit, message):
     path = int8_file(tmp_path, edit)
     with pytest.raises(ValueError, match=message):
         fastlstm.load(path)
+
+
+# ------------------------------------------------------------- int8 weights kept as int8
+
+
+def same_int8(a: Stored, b: Stored) -> bool:
+    return np.array_equal(a.data, b.data) and np.array_equal(bits(a.scale), bits(b.scale))
+
+
+def off_the_grid(scale: np.float32) -> np.float32:
+    """The next float above `scale` that is not fl(fl(127 s) / 127): no scale store makes."""
+    s = np.nextafter(scale, np.float32(np.inf))
+    while (s * np.float32(127)) / np.float32(127) == s:
+        s = np.nextafter(s, np.float32(np.inf))
+    return s
+
+
+# Rows fastlstm never writes: q and scales of another quantizer (or a corrupted file).
+FOREIGN_ROWS = {
+    "-128": lambda q, s: q[0].__setitem__(5, -128),
+    "max |q| < 127": lambda q, s: q.__setitem__(1, q[1] // 3),
+    "scale off the grid": lambda q, s: s.__setitem__(2, off_the_grid(s[2])),
+    "scale -0.0": lambda q, s: (q[3].fill(0), s.__setitem__(3, -0.0)),
+    "scale 0, q != 0": lambda q, s: s.__setitem__(4, 0.0),
+    "q 0, scale > 0": lambda q, s: q[6].fill(0),
+}
+
+
+@pytest.mark.parametrize("edit", [None, *FOREIGN_ROWS])
+def test_store_keeps_int8_that_quantizes_to_itself(edit):
+    """store(Stored int8, "int8") is store(its float32 values, "int8"), bitwise: the Stored
+    itself when that gives back its q and scales (what store makes), else quantized again."""
+    w = weights(40, 37)
+    w[9] = 0.0
+    w[10] = np.float32(1e-37)  # a subnormal scale, on the grid: kept too
+    stored = store(w, "int8")
+    q, scale = stored.data.copy(), stored.scale.copy()
+    if edit is not None:
+        FOREIGN_ROWS[edit](q, scale)
+    foreign = Stored(q, scale, "int8")
+    expected = fastlstm.precision._quantize_rows(foreign.to_float32())
+    again = store(foreign, "int8")
+    assert same_int8(again, expected)
+    assert same_int8(foreign, expected) == (edit is None)
+    assert (again is foreign) == (edit is None)
+    # rows, each with its own scale (a GRU_RESET_BEFORE W_hh split in two)
+    assert same_int8(store(foreign[3:30], "int8"), store(foreign.to_float32()[3:30], "int8"))
+    assert store(stored[3:30], "int8").data.base is stored.data  # kept: no copy
 
 
 # --------------------------------------------------------------------------- accuracy
