@@ -120,7 +120,9 @@ class PackedLayer:
         return [a for a in out if a is not None]
 
 
-def _c_float32(array: np.ndarray) -> np.ndarray:
+def _c_float32(array: np.ndarray | Stored) -> np.ndarray:
+    if isinstance(array, Stored):  # an int8 file's matrix, for a float32 model's BLAS copies
+        return array.to_float32()
     return np.ascontiguousarray(array, dtype=np.float32)
 
 

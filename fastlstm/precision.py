@@ -13,6 +13,11 @@ once (src_pyx/matmul.h, "int8 weights").
 - "int8": 1 byte, symmetric per output row: W[j, :] = q[j, :] * scale[j], q in [-127, 127],
   scale[j] = max |W[j, :]| / 127 (float32).  Converting an int8 model back to float32 and
   quantizing again gives the same q and scales, so an int8 file loads exactly as written.
+  An int8 file is read as int8 (fastlstm.file_format), and `store` keeps such a matrix as
+  it is, with no float32 copy, when quantizing its values again would give back its q and
+  scales, as for the matrices fastlstm writes (`_quantizes_to_itself`); another
+  quantizer's matrix is quantized again from its float values.  Either way the model is
+  the one the file's float values make at int8.
 
 Matrices (embedding, recurrent weights, head) take the model's precision; biases stay
 float32 (a few KB, added once per output), and so does the layer-0 lookup table, which is
@@ -107,9 +112,9 @@ def store(w: np.ndarray | Stored, dtype: str, what: str = "a weight") -> Stored:
     """Store float32 `w` in `dtype` (rounding to nearest even; int8: per-row symmetric).
 
     int8 needs a 2-D `w` (one scale per row).  Raises ValueError for float16 when |w|
-    exceeds its range; `what` names the weight in that message.  A `w` already Stored is
-    stored as its float32 values would be: an int8 one that is what quantizing those values
-    gives is returned as it is, with no float32 copy.
+    exceeds its range; `what` names the weight in that message.  A `w` already Stored (an
+    int8 file's matrix) is stored as its float32 values would be: an int8 one that is what
+    quantizing those values gives is returned as it is, with no float32 copy.
     """
     if isinstance(w, Stored):
         if w.dtype == dtype == "int8" and _quantizes_to_itself(w):
