@@ -72,8 +72,11 @@ def pack_matrix(w: Stored | np.ndarray, dtype: str | None = None) -> PackedMatri
     n, k = data.shape
     padded_n = -(-n // PANEL) * PANEL
     padded_k = -(-k // 4) * 4 if stored.dtype == "int8" else k
-    padded = np.zeros((padded_n, padded_k), dtype=data.dtype)
-    padded[:n, :k] = data
+    if (padded_n, padded_k) == (n, k):
+        padded = data
+    else:
+        padded = np.zeros((padded_n, padded_k), dtype=data.dtype)
+        padded[:n, :k] = data
     qsum = None
     if stored.dtype == "int8":  # quads of k: panels[p][kk // 4][l // 8][l % 8][kk % 4]
         panels = padded.reshape(padded_n // PANEL, 2, 8, padded_k // 4, 4).transpose(0, 3, 1, 2, 4)
@@ -83,7 +86,7 @@ def pack_matrix(w: Stored | np.ndarray, dtype: str | None = None) -> PackedMatri
         if stored.dtype == "bfloat16":
             panels = panels[:, :, _BF16_ORDER]
     out = aligned_empty(panels.size, STORAGE[stored.dtype])
-    out[:] = panels.reshape(-1)
+    out.reshape(panels.shape)[...] = panels  # one copy, no contiguous temporary
     return PackedMatrix(out, stored.scale, stored.dtype, n, k, qsum)
 
 
