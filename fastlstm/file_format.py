@@ -3,9 +3,11 @@
 A fastlstm model file is a safetensors file holding a PyTorch state_dict under its own names,
 with fastlstm's metadata (METADATA_KEYS).  `read_safetensors` checks every header field
 against the file's bytes (`_read_header`, bounded by the MAX_* limits below) before any tensor
-data is touched, then reads every tensor as float32 (int8 matrices with their per-row
-scales).  `write_model_file` stores float32 tensors in a weight precision, and
-`write_safetensors` writes the bytes.  What each tensor is, is found by fastlstm.roles.
+data is touched, then reads every tensor as float32, but int8 matrices: those stay int8, with
+their per-row scales, as a fastlstm.precision.Stored, so that an int8 model loads without a
+float32 copy of its weights (fastlstm.precision.store keeps them as they are).
+`write_model_file` stores float32 tensors in a weight precision, and `write_safetensors`
+writes the bytes.  What each tensor is, is found by fastlstm.roles.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import struct
 
 import numpy as np
 
+from fastlstm.precision import Stored
 from fastlstm.untrusted_json import loads_untrusted_json
 
 # Metadata keys fastlstm writes; every other metadata entry may be a save_model alias.
@@ -59,12 +62,15 @@ MAX_DIM = 2**31 - 64  # the kernels index rows and columns with C ints (panels p
 # Reading
 # ---------------------------------------------------------------------------------------------
 
-def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str], str]:
-    """Read every tensor of a safetensors file as float32.
+def read_safetensors(path: str | os.PathLike
+                     ) -> tuple[dict[str, np.ndarray | Stored], dict[str, str], str]:
+    """Read every tensor of a safetensors file as float32, but int8 matrices, which are read
+    as int8 `Stored` values (q and per-row scales, read-only views of the file's bytes).
 
     Returns (tensors, metadata, dtype) where dtype names the file's weight precision
-    ("float32", "float16", "bfloat16", or "mixed").  Raises FileNotFoundError for a missing
-    file and ValueError for anything that is not a well-formed safetensors file of float tensors.
+    ("float32", "float16", "bfloat16", "int8", or "mixed").  Raises FileNotFoundError for a
+    missing file and ValueError for anything that is not a well-formed safetensors file of
+    float tensors (or int8 matrices with their scales).
 
     The file is untrusted: every header field is checked here (`_read_header`) before any
     tensor data is touched, and then safetensors itself must read the header the same way.
@@ -98,7 +104,8 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
                 bits = np.frombuffer(entry["data"], dtype="<u2").astype(np.uint32) << 16
                 array = bits.view(np.float32)
             elif dtype == "I8":
-                array = _dequantize(path, name, entry, raw.get(name + SCALE_SUFFIX))
+                tensors[name] = _int8_matrix(path, name, entry, raw.get(name + SCALE_SUFFIX))
+                continue
             else:
                 array = np.frombuffer(entry["data"], dtype=_DTYPES[dtype]).astype(np.float32)
             tensors[name] = array.reshape(shape)
@@ -109,8 +116,8 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     return tensors, metadata, dtypes.pop() if len(dtypes) == 1 else "mixed"
 
 
-def _dequantize(path: str, name: str, entry: dict, scale_entry: dict | None) -> np.ndarray:
-    """An int8 matrix and its per-row scales as float32: q * scale[:, None]."""
+def _int8_matrix(path: str, name: str, entry: dict, scale_entry: dict | None) -> Stored:
+    """An int8 matrix with its per-row scales, W = q * scale[:, None], checked."""
     shape = tuple(entry["shape"])
     if len(shape) != 2:
         raise ValueError(f"{path}: int8 tensor {name!r} has shape {shape}; fastlstm stores "
@@ -125,7 +132,7 @@ def _dequantize(path: str, name: str, entry: dict, scale_entry: dict | None) -> 
     if not (np.isfinite(scale).all() and (scale >= 0).all()):
         raise ValueError(f"{path}: the scales of int8 tensor {name!r} must be finite and >= 0")
     q = np.frombuffer(entry["data"], dtype="i1").reshape(shape)
-    return q.astype(np.float32) * scale[:, None]
+    return Stored(q, scale, "int8")
 
 
 def _read_header(path: str, data: bytes) -> tuple[dict[str, tuple[str, tuple[int, ...]]],

@@ -112,9 +112,8 @@ class Model:
         # saves a 650 x 2600 product per token, 13% of the bytes a token reads).  It is
         # float32 in every precision, computed from the weights as `dtype` rounded them, so
         # the model computes exactly what its stored weights define; a step reads one row.
-        w_ih0 = store(weights.recurrent.layers[0].weight_ih, dtype).to_float32()
-        table = input_table(embedding.to_float32(), w_ih0, layers[0].bias_x,
-                            2 * self.config.num_parameters)
+        w_ih0 = store(weights.recurrent.layers[0].weight_ih, dtype)
+        table = input_table(embedding, w_ih0, layers[0].bias_x, 2 * self.config.num_parameters)
         self.packed = PackedModel(
             self.config.rnn_type, layers,
             emb=embedding if table is None else None,

@@ -98,7 +98,9 @@ class PackedLayer:
         return [a for a in out if a is not None]
 
 
-def _c_float32(array: np.ndarray) -> np.ndarray:
+def _c_float32(array: np.ndarray | Stored) -> np.ndarray:
+    if isinstance(array, Stored):  # an int8 file's matrix, for a float32 model's BLAS copies
+        return array.to_float32()
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
@@ -144,14 +146,15 @@ def pack_layers(recurrent: RecurrentWeights, dtype: str = "float32",
             for i, layer in enumerate(recurrent.layers)]
 
 
-def input_table(embedding: np.ndarray, w_ih: np.ndarray, bias_x: np.ndarray,
+def input_table(embedding: Stored, w_ih: Stored, bias_x: np.ndarray,
                 budget: int) -> np.ndarray | None:
     """Layer 0's input projection of every token, `embedding . W_ih^T + bias_x` (vocab,
     gates*hidden), float32, so a step reads one row instead of multiplying; None when it
     would hold more than `budget` values (large vocabularies, where it would outgrow the
-    weights).  `embedding` and `w_ih` as the model's precision rounded them; the products
-    are summed in float64 and rounded once."""
+    weights).  `embedding` and `w_ih` in the model's precision; the products of their
+    values are summed in float64 and rounded once."""
     vocab, gates_hidden = embedding.shape[0], w_ih.shape[0]
     if vocab * gates_hidden > budget:
         return None
-    return _c_float32(embedding.astype(np.float64) @ w_ih.T.astype(np.float64) + bias_x)
+    x, w = embedding.to_float32().astype(np.float64), w_ih.to_float32().astype(np.float64)
+    return _c_float32(x @ w.T + bias_x)

@@ -14,6 +14,10 @@ model is a ValueError that says what is wrong.
 
 A forecaster (metadata `kind` "forecaster": float inputs, no embedding) holds the recurrent
 stack and one (output_size, H_out) head with its optional (output_size,) bias.
+
+Tensors are float32 arrays, but the matrices of an int8 file, which stay int8
+(fastlstm.precision.Stored): their values are checked a block of rows at a time
+(`_row_blocks`), never as a float32 copy of a whole matrix.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 
 from fastlstm.config import GATES, ForecasterConfig, ModelConfig, check_rnn_type
 from fastlstm.file_format import MAX_DIM, METADATA_KEYS
+from fastlstm.precision import Stored
 
 # PyTorch's own names only: layer numbers in ASCII without leading zeros, nothing after them
 # (`$` would also match before a final newline, and `\d` any Unicode digit, so "..._l1\n",
@@ -37,11 +42,14 @@ _RECURRENT_KEY = re.compile(r"(?P<prefix>.*?)(?P<kind>weight_ih|weight_hh|bias_i
 # beyond this are corrupt (trained models stay below 1e3), and would overflow float32 into
 # inf and NaN.  1e20 leaves 1e18 of headroom below float32's 3.4e38.
 MAX_ACTIVATION = 1e20
+# The float32 values `_row_blocks` makes of an int8 matrix at a time (256 KB).
+BLOCK_VALUES = 1 << 16
 
 
 @dataclass
 class LayerWeights:
-    """One recurrent layer's PyTorch parameters, float32 (gates stacked in PyTorch's order)."""
+    """One recurrent layer's PyTorch parameters, float32 (an int8 file's matrices: int8
+    Stored), gates stacked in PyTorch's order."""
 
     weight_ih: np.ndarray  # (gates*hidden, in_size)
     weight_hh: np.ndarray  # (gates*hidden, out_size)
@@ -224,9 +232,28 @@ def _head_bias(vectors: dict[str, np.ndarray], head_name: str, size: int, model:
     return head_bias, bias_name
 
 
-def _check_finite(tensors: dict[str, np.ndarray]) -> None:
+def _row_blocks(w: np.ndarray | Stored):
+    """The values of a tensor as float32 arrays: a vector whole, a matrix a block of rows
+    at a time (BLOCK_VALUES values), so an int8 one is never whole in float32.  Row by row
+    the values, and NumPy's sums along rows, are those of the whole matrix."""
+    if w.ndim != 2:
+        yield w
+        return
+    rows = max(1, BLOCK_VALUES // w.shape[1])
+    for start in range(0, w.shape[0], rows):
+        block = w[start:start + rows]
+        yield block.to_float32() if isinstance(block, Stored) else block
+
+
+def _equal(a, b) -> bool:
+    """np.array_equal of two tensors' values, float32 or int8 (Stored)."""
+    return a.shape == b.shape and all(np.array_equal(x, y)
+                                      for x, y in zip(_row_blocks(a), _row_blocks(b)))
+
+
+def _check_finite(tensors: dict[str, np.ndarray | Stored]) -> None:
     for name, array in tensors.items():
-        if not np.isfinite(array).all():
+        if not all(np.isfinite(block).all() for block in _row_blocks(array)):
             raise ValueError(f"tensor {name!r} contains NaN or Inf")
 
 
@@ -293,7 +320,7 @@ def find_roles(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None =
     _check_magnitudes(embedding, recurrent, head_weight, head_bias, prefix, head_name)
 
     tied = aliases.get(head_name) == emb_name or aliases.get(emb_name) == head_name or (
-        embedding.shape == head_weight.shape and np.array_equal(embedding, head_weight))
+        _equal(embedding, head_weight))
     config = ModelConfig(rnn_type=recurrent.rnn_type, num_layers=len(recurrent.layers),
                          vocab_size=vocab, embedding_dim=E, hidden_size=recurrent.hidden_size,
                          proj_size=recurrent.proj_size, bias=recurrent.bias,
@@ -317,10 +344,10 @@ def _check_magnitudes(embedding, recurrent: RecurrentWeights, head_weight, head_
     forecasting inputs are normalised to (larger data scales the sums, not the weights' fault).
     """
     def row_sum(w) -> float:
-        return float(np.abs(w).sum(axis=1, dtype=np.float64).max())
+        return max(float(np.abs(b).sum(axis=1, dtype=np.float64).max()) for b in _row_blocks(w))
 
     def largest(v) -> float:
-        return 0.0 if v is None else float(np.abs(v).max())
+        return 0.0 if v is None else max(float(np.abs(b).max()) for b in _row_blocks(v))
 
     def check(bound: float, what: str) -> None:
         if not bound <= MAX_ACTIVATION:
@@ -417,7 +444,7 @@ def _break_tie(options, matrices, vectors):
     if len(by_name) == 1:
         return by_name
     (e, h) = options[0]
-    if np.array_equal(matrices[e], matrices[h]):
+    if _equal(matrices[e], matrices[h]):
         return options[:1]
     raise ValueError(f"ambiguous roles: {e!r} and {h!r} both fit the embedding and the head, "
                      "and neither has a bias or a telling name")

@@ -376,9 +376,9 @@ def test_malformed_headers(tmp_path, header):
 # --------------------------------------------------------------------------- memory bounds
 
 # A model file of S bytes makes fastlstm hold at most ~40 S bytes: fp16 weights become float32
-# (2x) and int8 ones float32 while they are checked (4x), the kernels' panels pad matrices to
-# 16 rows (at most 16x, for a 1-row matrix), layer 0's lookup table holds at most 2 floats
-# per parameter.  Hostile headers are
+# (2x; int8 ones stay int8, but a matrix of another quantizer is quantized again from float32:
+# 4x), the kernels' panels pad matrices to 16 rows (at most 16x, for a 1-row matrix), layer
+# 0's lookup table holds at most 2 floats per parameter.  Hostile headers are
 # measured and refused before they are parsed, at a few times their size.
 MEMORY_FACTOR = 40
 
