@@ -18,8 +18,8 @@ from libc.stdlib cimport free, malloc
 
 cimport openmp
 
-from stack cimport (Layer, Stack, Team, float_ptr, gates_of, run_split, stack_step, sync,
-                    team_matmul, team_of, fl_team, fl_team_free, fl_team_new)
+from stack cimport (Layer, Stack, Team, float_ptr, gates_of, head_product, run_split, stack_step,
+                    sync, team_matmul, team_of, fl_team, fl_team_free, fl_team_new)
 from fastlstm._packed cimport PackedModel
 
 import numpy as np
@@ -78,7 +78,7 @@ cdef void forecast_rows(const Run *run, int b0, int b1, Scratch *s, const Team *
                         s.xw, G * L0.hidden)
             stack_step(m, b0, n, run.batch, run.h, run.c, s.xw, s.hw, s.hfull, team)
         # prediction := h_top . W_head^T + b_head; the next step's layer 0 reads all of it.
-        team_matmul(team, n, &m.head, h_top, top.out_size, m.head_b, prediction, <int> row_stride)
+        head_product(m, False, team, n, h_top, top.out_size, prediction, <int> row_stride)
         sync(team)
 
 

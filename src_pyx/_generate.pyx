@@ -25,7 +25,7 @@ from libc.string cimport memcpy
 
 from sampler cimport Candidate, SamplingParams, coin, sample_token
 from stack cimport (Layer, Stack, Team, float_ptr, gates_of, gather_rows, input_projection,
-                    stack_step, sync, sync_after_solo, team_end, team_matmul, team_of,
+                    head_product, stack_step, sync, sync_after_solo, team_end, team_of,
                     team_solo_over, team_solo_now, team_take_waits, team_wants_solo,
                     fl_get_team_solo_until, fl_team, fl_team_free, fl_team_new, fl_now_ns)
 from fastlstm._packed cimport PackedModel
@@ -246,8 +246,8 @@ cdef int decode_step(Run *run, int begin, int *n_active, Scratch *s, const Team 
     cdef const Layer *top = &m.layers[m.num_layers - 1]
     step_stack(run, begin, n, s, team)
     # Head: logits := h_top . W_head^T + b_head
-    team_matmul(team, n, &m.head, run.h + (<size_t> (m.num_layers - 1) * run.batch + begin) * top.out_size,
-                top.out_size, m.head_b, s.logits, run.vocab)
+    head_product(m, False, team, n, run.h + (<size_t> (m.num_layers - 1) * run.batch + begin) * top.out_size,
+                 top.out_size, s.logits, run.vocab)
     sync(team)
     if team.tid == 0:
         status = sample_and_record(run, begin, n, s)

@@ -22,10 +22,9 @@ from libc.stdlib cimport free, malloc
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from blas cimport matmul_wt
-from stack cimport (Layer, Stack, Team, float_ptr, gates_of, gather_rows, input_projection,
-                    layer_step, run_split, sync, sync_after_solo, team_end, team_matmul, team_of,
-                    team_solo_over, team_solo_now, team_take_waits, team_wants_solo,
+from stack cimport (Layer, Stack, Team, float_ptr, gates_of, gather_rows, head_product,
+                    input_projection, layer_step, run_split, sync, sync_after_solo, team_end,
+                    team_of, team_solo_over, team_solo_now, team_take_waits, team_wants_solo,
                     fl_get_team_solo_until, fl_team, fl_team_free, fl_team_new)
 from fastlstm._packed cimport PackedModel
 
@@ -119,39 +118,30 @@ cdef void gather_input(const Job *job, int b0, int nb, int t0, int tc, float *in
                        L0.in_size * sizeof(float))
 
 
-cdef void head_product(const Job *job, int b0, int nb, int t0, int tc, const float *top,
+cdef void write_output(const Job *job, int b0, int nb, int t0, int tc, const float *top,
                        const Team *team) noexcept nogil:
-    """logits[b0:b0+nb, t0:t0+tc] := top . W_head^T + b_head, top time-major (tc, nb, out),
-    in as few products as the layouts allow: one per batch row (its steps are nb rows apart
-    in top, contiguous in the logits), or one per step (its rows are steps * vocab apart in
-    the caller's logits).  BLAS for float32 models run by one thread, else matmul.h."""
+    """The chunk's top-layer output `top`, time-major (tc, nb, out_last), to the caller: through
+    the head into logits[b0:b0+nb, t0:t0+tc], or (thread 0) copied into y.  The head takes as
+    few products as the layouts allow: one per batch row (its steps are nb rows apart in top,
+    contiguous in the logits), or one per step (its rows are steps * vocab apart in the
+    caller's logits)."""
     cdef const Stack *m = job.model
     cdef int r, st, T = job.steps, V = job.vocab
     cdef int width = m.layers[m.num_layers - 1].out_size
     cdef bint blas = job.blas and team.size == 1
-    cdef float beta = 0.0
-    if blas and m.head_b != NULL:
-        beta = 1.0
+    if job.logits != NULL and tc >= nb:
         for r in range(nb):
-            for st in range(tc):
-                memcpy(job.logits + (<size_t> (b0 + r) * T + t0 + st) * V, m.head_b,
-                       V * sizeof(float))
-    if tc >= nb:
-        for r in range(nb):
-            if blas:
-                matmul_wt(tc, V, width, top + <size_t> r * width, nb * width, m.head_w, beta,
-                          job.logits + (<size_t> (b0 + r) * T + t0) * V, V)
-            else:
-                team_matmul(team, tc, &m.head, top + <size_t> r * width, nb * width,
-                            m.head_b, job.logits + (<size_t> (b0 + r) * T + t0) * V, V)
-    else:
+            head_product(m, blas, team, tc, top + <size_t> r * width, nb * width,
+                         job.logits + (<size_t> (b0 + r) * T + t0) * V, V)
+    elif job.logits != NULL:
         for st in range(tc):
-            if blas:
-                matmul_wt(nb, V, width, top + <size_t> st * nb * width, width, m.head_w, beta,
-                          job.logits + (<size_t> b0 * T + t0 + st) * V, T * V)
-            else:
-                team_matmul(team, nb, &m.head, top + <size_t> st * nb * width, width,
-                            m.head_b, job.logits + (<size_t> b0 * T + t0 + st) * V, T * V)
+            head_product(m, blas, team, nb, top + <size_t> st * nb * width, width,
+                         job.logits + (<size_t> b0 * T + t0 + st) * V, T * V)
+    elif job.y != NULL and team.tid == 0:
+        for st in range(tc):
+            for r in range(nb):
+                memcpy(job.y + (<size_t> (b0 + r) * T + t0 + st) * width,
+                       top + (<size_t> st * nb + r) * width, width * sizeof(float))
 
 
 cdef inline void step_layer(const Job *job, const Layer *L, int nb, int st, float *h_state,
@@ -191,60 +181,51 @@ cdef int steps_alone(const Job *job, const Layer *L, int nb, int st, int tc, flo
     return s.resume
 
 
+cdef void layer_chunk(const Job *job, int l, int b0, int nb, int tc, const float *inp,
+                      float *out, Scratch *s, bint panels, Team *team) noexcept nogil:
+    """Layer l over the chunk's tc steps for batch rows [b0, b0 + nb): out[st] (time-major)
+    from inp[st], one product for all the input projections (none for layer 0 with a lookup
+    table: gather_input put them in s.xw), then step by step; the layer's state in job.h/c
+    moves to the end of the chunk."""
+    cdef const Layer *L = &job.model.layers[l]
+    cdef float *h_state = job.h + (<size_t> l * job.batch + b0) * L.out_size
+    cdef float *c_state = job.c + (<size_t> l * job.batch + b0) * L.hidden if job.c != NULL else NULL
+    cdef int st = 0
+    if not (l == 0 and job.x == NULL and job.model.table.data != NULL):
+        input_projection(L, gates_of(job.model.cell), tc * nb, inp, s.xw, panels, team)
+    while st < tc:
+        if team.size > 1 and st % TEAM_CHECK_STEPS == 0:
+            st = steps_alone(job, L, nb, st, tc, h_state, c_state, out, s, team)
+            continue
+        step_layer(job, L, nb, st, h_state, c_state, out, s, panels, team)
+        st += 1
+    if team.tid == 0:
+        memcpy(h_state, out + <size_t> (tc - 1) * nb * L.out_size,
+               <size_t> nb * L.out_size * sizeof(float))
+
+
 cdef void run_rows(const Job *job, int b0, int b1, Scratch *s, Team *team) noexcept nogil:
     """Run the whole stack over all time steps for batch rows [b0, b1), with scratch s for
-    them.  Every thread of `team` calls this with the same arguments (s shared): the team
-    shares every product and cell update, thread 0 moves the rows between buffers."""
-    cdef int nb = b1 - b0
-    cdef const Stack *m = job.model
-    cdef int T = job.steps, G = gates_of(m.cell)
-    cdef int l, st, r, t0, tc
+    them, a chunk of steps at a time: layer 0's input, each layer (its output the next one's
+    input), then the output.  Every thread of `team` calls this with the same arguments (s
+    shared): the team shares every product and cell update, thread 0 moves the rows between
+    buffers."""
+    cdef int nb = b1 - b0, l, t0 = 0, tc
     cdef bint panels = not job.blas or team.size > 1
-    cdef const Layer *L
     cdef float *inp = s.inp
     cdef float *out = s.out
     cdef float *tmp
-    cdef float *h_state
-    cdef float *c_state
-
-    t0 = 0
-    while t0 < T:
-        tc = min(s.chunk, T - t0)
+    while t0 < job.steps:
+        tc = min(s.chunk, job.steps - t0)
         if team.tid == 0:
             gather_input(job, b0, nb, t0, tc, inp, s)
         sync(team)
-
-        for l in range(m.num_layers):
-            L = &m.layers[l]
-            h_state = job.h + (<size_t> l * job.batch + b0) * L.out_size
-            c_state = job.c + (<size_t> l * job.batch + b0) * L.hidden if job.c != NULL else NULL
-
-            # xw := inp . W_ih^T + bias_x, one product for the whole chunk.
-            if not (l == 0 and job.x == NULL and m.table.data != NULL):
-                input_projection(L, G, tc * nb, inp, s.xw, panels, team)
-            st = 0
-            while st < tc:
-                if team.size > 1 and st % TEAM_CHECK_STEPS == 0:
-                    st = steps_alone(job, L, nb, st, tc, h_state, c_state, out, s, team)
-                    continue
-                step_layer(job, L, nb, st, h_state, c_state, out, s, panels, team)
-                st += 1
-            if team.tid == 0:
-                memcpy(h_state, out + <size_t> (tc - 1) * nb * L.out_size,
-                       <size_t> nb * L.out_size * sizeof(float))
+        for l in range(job.model.num_layers):
+            layer_chunk(job, l, b0, nb, tc, inp, out, s, panels, team)
             tmp = inp
             inp = out
             out = tmp
-
-        # inp now holds the top layer's output for the chunk, time-major (tc, nb, out_last).
-        L = &m.layers[m.num_layers - 1]
-        if job.logits != NULL:
-            head_product(job, b0, nb, t0, tc, inp, team)
-        elif job.y != NULL and team.tid == 0:
-            for st in range(tc):
-                for r in range(nb):
-                    memcpy(job.y + (<size_t> (b0 + r) * T + t0 + st) * L.out_size,
-                           inp + (<size_t> st * nb + r) * L.out_size, L.out_size * sizeof(float))
+        write_output(job, b0, nb, t0, tc, inp, team)  # inp: the top layer's output
         # The next chunk overwrites inp, out and xw, which threads may still read.
         sync(team)
         t0 += tc

@@ -364,6 +364,21 @@ cdef inline void input_projection(const Layer *L, int gates, int rows, const flo
     matmul_wt(rows, width, L.in_size, x, L.in_size, L.w_ih, 1.0, xw, width)
 
 
+cdef inline void head_product(const Stack *m, bint blas, const Team *team, int rows,
+                              const float *x, int ldx, float *y, int ldy) noexcept nogil:
+    """y (rows, outputs) := x (rows, out_last) . W_head^T + b_head, rows ldx and ldy floats
+    apart: with BLAS on the row-major copy (`blas`: float32 models on CPUs without the
+    vector paths, a team of one), else this thread's share of the head's panels."""
+    cdef int r, V = m.head.n
+    if not blas:
+        team_matmul(team, rows, &m.head, x, ldx, m.head_b, y, ldy)
+        return
+    if m.head_b != NULL:
+        for r in range(rows):
+            memcpy(y + <size_t> r * ldy, m.head_b, V * sizeof(float))
+    matmul_wt(rows, V, m.head.k, x, ldx, m.head_w, 1.0 if m.head_b != NULL else 0.0, y, ldy)
+
+
 cdef inline void stack_step(const Stack *m, int begin, int n, int batch, float *h, float *c,
                             float *xw, float *hw, float *hfull, const Team *team) noexcept nogil:
     """One time step of every layer, on the panels, for state rows [begin, begin + n) of h
