@@ -4,10 +4,11 @@
     avx2       AVX2 + FMA + F16C (x86-64 since 2013-2015)
     avx512     avx2, plus AVX512-VNNI for the int8 products (Intel Ice Lake, AMD Zen 4 and later)
 
-Every path computes bitwise the same logits, states and tokens (src_pyx/isa.h); they differ
-only in speed.  The best path the CPU has is chosen once, at import; the environment variable
-`FASTLSTM_ISA` (one of the names above) forces one, and naming a path this CPU lacks makes
-`import fastlstm` fail with a ValueError that says so.
+Every path computes bitwise the same logits, states and tokens (src_pyx/isa.h; each path is
+a table of functions in src_pyx/kernels.h); they differ only in speed.  The best path the
+CPU has is chosen once, at import; the environment variable `FASTLSTM_ISA` (one of the names
+above) forces one, and naming a path this CPU lacks makes `import fastlstm` fail with a
+ValueError that says so.
 """
 
 from __future__ import annotations

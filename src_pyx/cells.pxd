@@ -4,7 +4,7 @@
 # Inputs are the two pre-activations PyTorch adds up: xw = W_ih x + biases (precomputed for
 # the whole sequence) and hw = W_hh h_prev (this step's product).  Gate order is PyTorch's.
 
-cdef extern from "gates.h" nogil:
+cdef extern from "kernels.h" nogil:  # gates.h
     # i, f, g, o = split(xw + hw); c = f*c + i*g; h = o*tanh(c)   (nn.LSTM)
     # xw, hw: (rows, 4*hidden); c: (rows, hidden), updated in place; h: (rows, hidden).
     void lstm_step "fl_lstm_step"(int rows, int hidden, int j0, int j1, const float *xw,

@@ -109,11 +109,8 @@ FL_GATES_AVX2 __m256 fl_sum8(const float *a, const float *b)
 #endif
 
 /* The vector loops below cover units [j0, j0 + 8k) and return where they stopped; the
- * scalar loops finish the rest with the same results. */
-static inline int fl_gates_vector(void)
-{
-    return FL_HAVE_X86_PATHS && fl_isa_active >= FL_ISA_AVX2;
-}
+ * scalar loops finish the rest with the same results.  Each step calls its vector loop
+ * through the kernel path's table (isa.h's fl_kernels; NULL on the portable path). */
 
 /* ------------------------------------------------------------------------------ LSTM */
 
@@ -145,10 +142,8 @@ static inline void fl_lstm_step(int rows, int hidden, int j0, int j1, const floa
         const float *x = xw + (size_t)r * 4 * hidden, *y = hw + (size_t)r * 4 * hidden;
         float *cr = c + (size_t)r * hidden, *hr = h + (size_t)r * hidden;
         int j = j0;
-#if FL_HAVE_X86_PATHS
-        if (fl_gates_vector())
-            j = fl_lstm_avx2(hidden, j0, j1, x, y, cr, hr);
-#endif
+        if (fl_kernels->lstm_units)
+            j = fl_kernels->lstm_units(hidden, j0, j1, x, y, cr, hr);
         for (; j < j1; j++) {
             float i = fl_sigmoid1(x[j] + y[j]);
             float f = fl_sigmoid1(x[hidden + j] + y[hidden + j]);
@@ -196,10 +191,8 @@ static inline void fl_gru_step(int rows, int hidden, int j0, int j1, const float
         const float *hp = h_prev + (size_t)r * hidden;
         float *hr = h + (size_t)r * hidden;
         int j = j0;
-#if FL_HAVE_X86_PATHS
-        if (fl_gates_vector())
-            j = fl_gru_avx2(hidden, j0, j1, x, y, bias_hn, hp, hr);
-#endif
+        if (fl_kernels->gru_units)
+            j = fl_kernels->gru_units(hidden, j0, j1, x, y, bias_hn, hp, hr);
         for (; j < j1; j++) {
             float rg = fl_sigmoid1(x[j] + y[j]);
             float z = fl_sigmoid1(x[hidden + j] + y[hidden + j]);
@@ -238,10 +231,8 @@ static inline void fl_rnn_step(int rows, int hidden, int j0, int j1, int relu, c
             }
             continue;
         }
-#if FL_HAVE_X86_PATHS
-        if (fl_gates_vector())
-            j = fl_tanh_avx2(j0, j1, x, y, hr);
-#endif
+        if (fl_kernels->tanh_units)
+            j = fl_kernels->tanh_units(j0, j1, x, y, hr);
         for (; j < j1; j++)
             hr[j] = fl_tanh1(x[j] + y[j]);
     }
@@ -266,10 +257,8 @@ __attribute__((target("avx2,fma"))) static int fl_exp_scaled_avx2(int count, con
 static inline void fl_exp_scaled(int count, const float *x, float shift, float scale, float *out)
 {
     int j = 0;
-#if FL_HAVE_X86_PATHS
-    if (fl_gates_vector())
-        j = fl_exp_scaled_avx2(count, x, shift, scale, out);
-#endif
+    if (fl_kernels->exp_scaled_units)
+        j = fl_kernels->exp_scaled_units(count, x, shift, scale, out);
     for (; j < count; j++)
         out[j] = fl_exp1((x[j] - shift) * scale);
 }

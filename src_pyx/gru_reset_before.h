@@ -63,10 +63,8 @@ static inline void fl_gru_rb_reset(int rows, int hidden, int j0, int j1, const f
         const float *hp = h_prev + (size_t)r * hidden;
         float *out = rh + (size_t)r * hidden;
         int j = j0;
-#if FL_HAVE_X86_PATHS
-        if (fl_gates_vector())
-            j = fl_gru_rb_reset_avx2(j0, j1, x, y, hp, out);
-#endif
+        if (fl_kernels->gru_rb_reset_units)
+            j = fl_kernels->gru_rb_reset_units(j0, j1, x, y, hp, out);
         for (; j < j1; j++)
             out[j] = fl_sigmoid1(x[j] + y[j]) * hp[j];
     }
@@ -83,10 +81,8 @@ static inline void fl_gru_rb_update(int rows, int hidden, int j0, int j1, const 
         const float *hp = h_prev + (size_t)r * hidden;
         float *hr = h + (size_t)r * hidden;
         int j = j0;
-#if FL_HAVE_X86_PATHS
-        if (fl_gates_vector())
-            j = fl_gru_rb_update_avx2(hidden, j0, j1, x, y, hp, hr);
-#endif
+        if (fl_kernels->gru_rb_update_units)
+            j = fl_kernels->gru_rb_update_units(hidden, j0, j1, x, y, hp, hr);
         for (; j < j1; j++) {
             float z = fl_sigmoid1(x[hidden + j] + y[hidden + j]);
             float n = fl_tanh1(x[2 * hidden + j] + y[2 * hidden + j]);

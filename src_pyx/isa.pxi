@@ -1,6 +1,7 @@
-# Included by every compiled module: the module's kernel path (isa.h), set by fastlstm.isa.
+# Included by every compiled module with kernels: the module's kernel path (kernels.h), set
+# by fastlstm.isa.
 
-from matmul cimport fl_isa_active, fl_isa_supported, fl_set_isa
+from matmul cimport fl_active_isa, fl_isa_supported, fl_set_isa
 
 
 def set_isa(int level):
@@ -11,7 +12,7 @@ def set_isa(int level):
 
 def isa_active():
     """This module's kernel path (enum fl_isa)."""
-    return fl_isa_active
+    return fl_active_isa()
 
 
 def isa_supported(int level):

@@ -58,7 +58,7 @@
 enum fl_wtype { FL_F32 = 0, FL_F16 = 1, FL_BF16 = 2, FL_I8 = 3 };
 
 /* A weight W (n, k) packed for fl_matmul. */
-typedef struct {
+typedef struct fl_matrix {
     const void *panels;  /* fl_packed_size(type, n, k) elements of `type`, 64-byte aligned */
     const float *scale;  /* (n,) FL_I8 only: W[j, :] = q[j, :] * scale[j]; NULL otherwise */
     const int32_t *qsum; /* (n,) FL_I8 only: sum_kk q[j, kk] (see "int8 weights"); else NULL */
@@ -103,7 +103,7 @@ static inline size_t fl_i8_slot(int l, int kk)
  * panel layout above: fl_packed_size(type, n, k) elements, zeros past n (and past k in int8
  * quads).  The layout's one writer: fastlstm.pack packs every weight through it
  * (fastlstm._matmul.pack_panels); the kernels read what fl_panel_slot and fl_i8_slot say. */
-static void fl_pack(int type, int n, int k, const void *w, void *panels)
+static inline void fl_pack(int type, int n, int k, const void *w, void *panels)
 {
     size_t size = fl_wtype_size(type), panel_bytes = (size_t)FL_PANEL * fl_packed_k(type, k) * size;
     memset(panels, 0, fl_packed_size(type, n, k) * size);
@@ -702,6 +702,31 @@ static FL_AVX2 void fl_i8_block_avx2(const fl_tile_i8_fn (*tiles)[5], int mb,
     }
 }
 
+/* The int8 functions of the AVX2 and the AVX-512 paths' tables (kernels.h). */
+static double fl_i8_quantize_row_for_avx2(const float *x, int k, int kp, int16_t *xq)
+{
+    return fl_i8_quantize_row_avx2(x, k, kp, xq, 0);
+}
+
+static double fl_i8_quantize_row_for_vnni(const float *x, int k, int kp, int16_t *xq)
+{
+    return fl_i8_quantize_row_avx2(x, k, kp, xq, 1);
+}
+
+static void fl_i8_block_tiles_avx2(int mb, const fl_matrix *W, const int16_t *xq, int kp,
+                                   const double *sx, const float *bias, int accumulate,
+                                   float *y, int ldy)
+{
+    fl_i8_block_avx2(fl_tiles_i8_avx2, mb, W, xq, kp, sx, bias, accumulate, y, ldy);
+}
+
+static void fl_i8_block_tiles_vnni(int mb, const fl_matrix *W, const int16_t *xq, int kp,
+                                   const double *sx, const float *bias, int accumulate,
+                                   float *y, int ldy)
+{
+    fl_i8_block_avx2(fl_tiles_i8_vnni, mb, W, xq, kp, sx, bias, accumulate, y, ldy);
+}
+
 static FL_AVX2 void fl_gather_rows_avx2(const void *table, int type, const float *scale,
                                         int n, const int64_t *ids, int count, float *rows,
                                         int ld)
@@ -740,17 +765,12 @@ static FL_AVX2 void fl_gather_rows_avx2(const void *table, int type, const float
 
 /* --------------------------------------------------------------------------- entry */
 
-/* Whether fl_matmul and fl_gather_rows run vector kernels (the AVX2 or AVX-512 path). */
-static inline int fl_matmul_has_avx2(void)
-{
-    return FL_HAVE_AVX2_PATH && fl_isa_active >= FL_ISA_AVX2;
-}
-
 /* fl_matmul for int8 weights (see "int8 weights"): x quantized up to FL_I8_BLOCK rows at a
- * time into a 32 KB buffer on the stack (as int16 in k order for the scalar loop, as
- * fl_i8_arrange says for the tiles), then the tiles of `isa` or the scalar loop per block. */
-static void fl_matmul_i8(int m, const fl_matrix *W, const float *x, int ldx, const float *bias,
-                         int accumulate, float *y, int ldy, int isa)
+ * time into a 32 KB buffer on the stack (in the layout the path's tiles read), then the
+ * path's block product. */
+static void fl_matmul_i8(const fl_kernel_table *path, int m, const fl_matrix *W,
+                         const float *x, int ldx, const float *bias, int accumulate, float *y,
+                         int ldy)
 {
     int k = W->k, kp = fl_packed_k(FL_I8, k);
     int block = FL_I8_STACK_XQ / kp;
@@ -764,46 +784,23 @@ static void fl_matmul_i8(int m, const fl_matrix *W, const float *x, int ldx, con
     double sx[FL_I8_BLOCK];
     for (int r0 = 0; r0 < m; r0 += block) {
         int mb = m - r0 < block ? m - r0 : block;
-        float *yb = y + (size_t)r0 * ldy;
-        for (int i = 0; i < mb; i++) {
-            const float *xr = x + (size_t)(r0 + i) * ldx;
-            int16_t *qr = xq + (size_t)i * kp;
-#if FL_HAVE_AVX2_PATH
-            if (isa >= FL_ISA_AVX2) {
-                sx[i] = fl_i8_quantize_row_avx2(xr, k, kp, qr, isa == FL_ISA_AVX512);
-                continue;
-            }
-#endif
-            sx[i] = fl_i8_quantize_row_scalar(xr, k, kp, qr);
-        }
-#if FL_HAVE_AVX2_PATH
-        if (isa >= FL_ISA_AVX2) {
-            fl_i8_block_avx2(isa == FL_ISA_AVX512 ? fl_tiles_i8_vnni : fl_tiles_i8_avx2, mb, W,
-                             xq, kp, sx, bias, accumulate, yb, ldy);
-            continue;
-        }
-#endif
-        fl_i8_block_scalar(mb, W, xq, kp, sx, bias, accumulate, yb, ldy);
+        for (int i = 0; i < mb; i++)
+            sx[i] = path->i8_quantize_row(x + (size_t)(r0 + i) * ldx, k, kp, xq + (size_t)i * kp);
+        path->i8_block(mb, W, xq, kp, sx, bias, accumulate, y + (size_t)r0 * ldy, ldy);
     }
 }
 
-/* fl_matmul on the kernels of `isa` (enum fl_isa). */
-static inline void fl_matmul_on(int isa, int m, const fl_matrix *W, const float *x, int ldx,
-                                const float *bias, int accumulate, float *y, int ldy)
+/* fl_matmul on the kernels of `path`. */
+static inline void fl_matmul_on(const fl_kernel_table *path, int m, const fl_matrix *W,
+                                const float *x, int ldx, const float *bias, int accumulate,
+                                float *y, int ldy)
 {
     if (m <= 0 || W->n <= 0)
         return;
-    if (W->type == FL_I8) {
-        fl_matmul_i8(m, W, x, ldx, bias, accumulate, y, ldy, isa);
-        return;
-    }
-#if FL_HAVE_AVX2_PATH
-    if (isa >= FL_ISA_AVX2) {
-        fl_matmul_avx2(m, W, x, ldx, bias, accumulate, y, ldy);
-        return;
-    }
-#endif
-    fl_matmul_float_scalar(m, W, x, ldx, bias, accumulate, y, ldy);
+    if (W->type == FL_I8)
+        fl_matmul_i8(path, m, W, x, ldx, bias, accumulate, y, ldy);
+    else
+        path->matmul_float(m, W, x, ldx, bias, accumulate, y, ldy);
 }
 
 /* y[r, j] := v, or y[r, j] + v when accumulate, where v = sum_kk x[r, kk] * W[j, kk]
@@ -811,18 +808,11 @@ static inline void fl_matmul_on(int isa, int m, const fl_matrix *W, const float 
  * r < m, j < W->n.
  * x (m, k) has rows ldx floats apart, y (m, n) rows ldy apart; bias (n,) or NULL.
  * Single-threaded and stateless: callers split rows (or panels, fl_matmul_part) across
- * threads.  Runs on the process's kernel path (isa.h). */
+ * threads.  Runs on the process's kernel path (isa.h's fl_kernels). */
 static inline void fl_matmul(int m, const fl_matrix *W, const float *x, int ldx,
                              const float *bias, int accumulate, float *y, int ldy)
 {
-    fl_matmul_on(fl_isa_active, m, W, x, ldx, bias, accumulate, y, ldy);
-}
-
-/* fl_matmul on the portable scalar path, whatever the CPU: for tests. */
-static inline void fl_matmul_scalar(int m, const fl_matrix *W, const float *x, int ldx,
-                                    const float *bias, int accumulate, float *y, int ldy)
-{
-    fl_matmul_on(FL_ISA_PORTABLE, m, W, x, ldx, bias, accumulate, y, ldy);
+    fl_matmul_on(fl_kernels, m, W, x, ldx, bias, accumulate, y, ldy);
 }
 
 /* Part `part` of `parts` of fl_matmul: the outputs of panels [np * part / parts,
@@ -856,13 +846,7 @@ static inline void fl_matmul_part(int part, int parts, int m, const fl_matrix *W
 static inline void fl_gather_rows(const void *table, int type, const float *scale, int n,
                                   const int64_t *ids, int count, float *rows, int ld)
 {
-#if FL_HAVE_AVX2_PATH
-    if (fl_isa_active >= FL_ISA_AVX2) {
-        fl_gather_rows_avx2(table, type, scale, n, ids, count, rows, ld);
-        return;
-    }
-#endif
-    fl_gather_rows_scalar(table, type, scale, n, ids, count, rows, ld);
+    fl_kernels->gather_rows(table, type, scale, n, ids, count, rows, ld);
 }
 
 #endif /* FASTLSTM_MATMUL_H */

@@ -7,7 +7,7 @@
 
 from libc.stdint cimport int32_t, int64_t
 
-cdef extern from "matmul.h" nogil:
+cdef extern from "kernels.h" nogil:  # matmul.h, on the kernel path of kernels.h
     cdef enum fl_wtype:
         FL_F32
         FL_F16
@@ -56,12 +56,12 @@ cdef inline str wtype_numpy_char(int wtype):
     return "feHb"[wtype]
 
 
-cdef extern from "isa.h" nogil:
-    # The kernel paths (isa.h): every one gives bitwise the same results.
+cdef extern from "kernels.h" nogil:
+    # The kernel paths (isa.h, kernels.h): every one gives bitwise the same results.
     cdef enum fl_isa:
         FL_ISA_PORTABLE
         FL_ISA_AVX2
         FL_ISA_AVX512
-    int fl_isa_active        # this module's path, set once by fastlstm.isa at import
+    int fl_active_isa()       # this module's path, set once by fastlstm.isa at import
     int fl_isa_supported(int isa)
     int fl_set_isa(int isa)   # 0, or -1 if the CPU lacks it

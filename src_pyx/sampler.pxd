@@ -14,7 +14,7 @@ from libc.stdint cimport uint8_t, uint64_t
 from libc.stdlib cimport qsort
 
 
-cdef extern from "gates.h" nogil:
+cdef extern from "kernels.h" nogil:  # gates.h
     # out[i] = exp((x[i] - shift) * scale)  (AVX2 when the CPU has it)
     void exp_scaled "fl_exp_scaled"(int count, const float *x, float shift, float scale,
                                     float *out)
