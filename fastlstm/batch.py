@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from fastlstm.durable import append_whole, fsync_dir, lock, recover_lines
 from fastlstm.generation import generate_all
 from fastlstm.manifest import MANIFEST_SUFFIX, Manifest, job_options, option_differences
-from fastlstm.sampling import GenerationParams
+from fastlstm.params import GenerationParams
 
 __all__ = [
     "BadRow",

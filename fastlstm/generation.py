@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from fastlstm import _generate, _rnn
-from fastlstm.sampling import GenerationParams, check_output_fits
+from fastlstm.params import GenerationParams, check_output_fits
 from fastlstm.threads import call_threads
 
 # Why a row stopped, by the decode loop's code (fastlstm._generate's finish codes).

@@ -42,7 +42,7 @@ def job_options(model, params: dict, seed: int, input) -> dict:
     """The JOB record of a job run with `model` (a loaded Model), its generation `params`
     (checked, without seed), its resolved job `seed` and its `input` path."""
     from fastlstm import __version__
-    from fastlstm.sampling import GenerationParams
+    from fastlstm.params import GenerationParams
 
     full = GenerationParams(**params)
     canonical = {}

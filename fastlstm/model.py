@@ -1,4 +1,10 @@
-"""The language model: loading a file, and the forward pass over token ids."""
+"""The language model: loading a file, and the forward pass over token ids.
+
+`load` reads a file (fastlstm.weights), then `Model` stores its weights in the chosen
+precision and packs them once (fastlstm.pack) into `model.packed`, the
+fastlstm._packed.PackedModel every kernel call reads: `forward` (fastlstm._rnn) here, and
+generation (fastlstm.generation: prefill, then the decode loop of fastlstm._generate).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from fastlstm.config import ModelConfig
 from fastlstm.pack import input_table, pack_layers, pack_matrix
 from fastlstm.precision import DTYPES, check_dtype, store
 from fastlstm.roles import ForecasterWeights, ModelWeights
-from fastlstm.sampling import GenerationParams
+from fastlstm.params import GenerationParams
 from fastlstm.state import State, state_buffers
 from fastlstm.threads import call_threads, resolve_num_threads
 from fastlstm.weights import read_model_file

@@ -1,4 +1,11 @@
-"""Lay weights out once, at load, the way the kernels read them, in the model's precision."""
+"""Lay weights out once, at load, the way the kernels read them, in the model's precision.
+
+    fastlstm.roles (what each weight is) -> fastlstm.precision.store (float32, float16,
+    bfloat16 or int8) -> pack_matrix: panels of 16 outputs, written by matmul.h's fl_pack
+    (the layout's one writer) -> pack_layer: a PackedLayer per recurrent layer (biases
+    merged, GRU's b_hn apart) -> fastlstm._packed.PackedModel, which gathers them with layer
+    0's input (input_table, or the embedding) and the head for the kernels.
+"""
 
 from __future__ import annotations
 

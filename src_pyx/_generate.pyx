@@ -13,7 +13,7 @@
 #   decode(model, state, params, steps)
 #     model:  fastlstm._packed.PackedModel, the weights (built once at load)
 #     state:  DecodeState, one generation run's per-row arrays (built once per run)
-#     params: the sampling parameters (fastlstm.sampling.GenerationParams)
+#     params: the sampling parameters (fastlstm.params.GenerationParams)
 #
 # fastlstm.generation validates every input and owns these arrays; this module trusts them.
 
@@ -410,7 +410,7 @@ cdef class DecodeState:
 def decode(PackedModel model, DecodeState state, params, int steps, bint watch_signals=False):
     """Run up to `steps` decode steps for every running row of `state` (see
     fastlstm.generation.Decoder), sampling with `params` (temperature, top_k, top_p, min_p,
-    repetition_penalty: fastlstm.sampling.GenerationParams, already checked).  Thread t works
+    repetition_penalty: fastlstm.params.GenerationParams, already checked).  Thread t works
     on slots [slot_begin[t], slot_begin[t+1]), of which the first n_active[t] are running;
     or, with team_size > 1 (one range of slots), team_size threads share every product of
     those slots.  Raises FloatingPointError if the logits of a row hold NaN or +inf, and

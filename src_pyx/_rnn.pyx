@@ -14,8 +14,10 @@
 # copies too, which forward() then multiplies with single-threaded BLAS when each thread
 # has rows of its own (prefill never does: its bits must not depend on the thread count).
 #
-# The Python layer (fastlstm.model, fastlstm.layers) validates every argument, allocates the
-# outputs and packs the weights; this module trusts what it is given.
+# The Python layer (fastlstm.model, fastlstm.forecaster, fastlstm.layers) validates every
+# argument and allocates the outputs; the weights come as a fastlstm._packed.PackedModel,
+# checked when it was built.  run_rows walks a chunk of steps at a time: gather_input,
+# layer_chunk per layer, write_output.
 
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc

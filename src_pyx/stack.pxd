@@ -1,7 +1,15 @@
 # A stack of recurrent layers as the kernels see it: raw pointers into the arrays of
 # fastlstm.pack's PackedLayer and PackedMatrix, gathered once at load into a Stack
 # (fastlstm._packed.PackedModel, which keeps the arrays alive), and the steps every kernel
-# loop shares: a layer's step, the input projection, the team of threads on one sequence.
+# loop (_rnn, _generate, _forecast) is built from:
+#
+#   Stack, Layer, Rows          the weights (checked once: fill_matrix, fill_rows)
+#   Team, sync, team_*          threads sharing one sequence, and when thread 0 goes alone
+#   run_split                   rows across threads, or one team
+#   input_projection            xw := x . W_ih^T + bias
+#   layer_step                  one layer's step: W_hh product, then the cell (cells.pxd)
+#   stack_step                  every layer's step, on the panels (decode, forecast)
+#   head_product                logits := h_top . W_head^T + bias
 
 from libc.stdint cimport int32_t, int64_t
 from cython.parallel cimport prange

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run fastlstm's kernel tests under a memory checker and say whether fastlstm's own code
-# (the extension modules fastlstm._rnn, _generate, _matmul, _forecast built from src_pyx/)
+# (the extension modules fastlstm._rnn, _generate, _matmul, _forecast, _packed built from
+# src_pyx/)
 # is clean.
 #
 #   tests/memcheck/run.sh [valgrind|asan|all] [--canary]      (default: all)
@@ -34,7 +35,7 @@ for arg in "$@"; do
   case "$arg" in
     valgrind|asan|all) MODE="$arg" ;;
     --canary) CANARY=1 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -113,10 +114,10 @@ paths() {
 
 run_valgrind() {
   command -v valgrind >/dev/null || { echo "valgrind not found" >&2; return 1; }
-  (cd "$ROOT" && "$PY" -c 'import fastlstm._rnn, fastlstm._generate, fastlstm._matmul, fastlstm._forecast') || {
+  (cd "$ROOT" && "$PY" -c 'import fastlstm._rnn, fastlstm._generate, fastlstm._matmul, fastlstm._forecast, fastlstm._packed') || {
     echo "build the extensions first: python setup.py build_ext --inplace" >&2; return 1; }
   local name src
-  for name in _rnn _generate _matmul _forecast; do  # a rough staleness check: its .pyx, and
+  for name in _rnn _generate _matmul _forecast _packed; do  # a rough staleness check: its .pyx, and
     for src in "$ROOT/src_pyx/$name.pyx" "$ROOT"/src_pyx/*.{pxd,pxi,h}; do  # what it includes
       if [ "$src" -nt "$(ls "$ROOT"/fastlstm/$name.*.so | head -1)" ]; then
         echo "warning: fastlstm/$name is older than $src (python setup.py build_ext --inplace)" >&2

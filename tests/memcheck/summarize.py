@@ -3,8 +3,9 @@ code is clean.
 
 An error is fastlstm's when any frame of any of its stacks (where it happened, and for an
 uninitialised value where that value was created) is in fastlstm's extension modules
-(fastlstm/_rnn, _generate, _matmul, _forecast) or their sources (src_pyx/: the .pyx, .pxd and
-.pxi files and every header: matmul.h, tile_i8.h, gates.h, gru_reset_before.h, team.h, isa.h).
+(fastlstm/_rnn, _generate, _matmul, _forecast, _packed) or their sources (src_pyx/: the .pyx,
+.pxd and .pxi files and every header: kernels.h, matmul.h, tile_i8.h, gates.h,
+gru_reset_before.h, team.h, isa.h).
 That includes OpenBLAS, libgomp or libc called from our kernels.  Errors elsewhere are listed,
 not counted against fastlstm, in these categories:
 
@@ -28,8 +29,8 @@ from collections import Counter
 
 # The extension modules (setup.py) and the files they are built from.  valgrind names a
 # frame's file without its directory, ASan with it.
-MODULES = ("_rnn", "_generate", "_matmul", "_forecast")
-HEADERS = ("gates", "matmul", "tile_i8", "gru_reset_before", "team", "isa")
+MODULES = ("_rnn", "_generate", "_matmul", "_forecast", "_packed")
+HEADERS = ("gates", "matmul", "tile_i8", "gru_reset_before", "team", "isa", "kernels")
 OURS_OBJ = re.compile(rf"fastlstm/({'|'.join(MODULES)})\.cpython")
 OURS_FILE = re.compile(rf"(^|/)({'|'.join(MODULES)})\.(c|pyx)$|\.pxd$|\.pxi$"
                        rf"|(^|/)({'|'.join(HEADERS)})\.h$")
