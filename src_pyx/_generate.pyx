@@ -24,8 +24,9 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from sampler cimport Candidate, SamplingParams, coin, sample_token
-from stack cimport (Layer, Stack, Team, float_ptr, gates_of, gather_rows, input_projection,
-                    head_product, stack_step, sync, sync_after_solo, team_end, team_of,
+from stack cimport (CELL_LSTM, Layer, Stack, Team, float_ptr, gates_of, gather_rows,
+                    input_projection, head_product, stack_step, sync, sync_after_solo, team_end,
+                    team_of,
                     team_solo_over, team_solo_now, team_take_waits, team_wants_solo,
                     fl_get_team_solo_until, fl_team, fl_team_free, fl_team_new, fl_now_ns)
 from fastlstm._packed cimport PackedModel
@@ -352,9 +353,11 @@ cdef class DecodeState:
         if rows == 0 or out_v.shape[0] != rows or length_v.shape[0] != rows or \
                 finish_v.shape[0] != rows or seed_v.shape[0] != rows or stream_v.shape[0] != rows:
             raise ValueError("the per-row arrays must hold one entry per row")
+        if out_v.shape[1] == 0:
+            raise ValueError("out must hold at least one token per row")
         if h.shape != (m.num_layers, rows, m.layers[m.num_layers - 1].out_size):
             raise ValueError("h must be (num_layers, rows, out_size)")
-        if (c is None) != (m.cell != 0):  # CELL_LSTM
+        if (c is None) != (m.cell != CELL_LSTM):
             raise ValueError("c is the LSTM's cell state: given exactly for LSTMs")
         if c is not None and c.shape != (m.num_layers, rows, m.layers[0].hidden):
             raise ValueError("c must be (num_layers, rows, hidden)")

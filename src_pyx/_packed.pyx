@@ -10,9 +10,45 @@
 
 from libc.stdlib cimport free, malloc
 
-from stack cimport Layer, cell_code, fill_matrix, fill_rows, float_ptr, gates_of
+from stack cimport (CELL_GRU, CELL_GRU_RESET_BEFORE, CELL_LSTM, Layer, cell_code, fill_matrix,
+                    fill_rows, float_ptr, gates_of)
 
 import numpy as np  # stack.pxd's checks read it
+
+
+cdef int check_size(array, Py_ssize_t size, str name) except -1:
+    """That an optional array holds `size` values."""
+    if array is not None and array.size != size:
+        raise ValueError(f"{name} holds {array.size} values; expected {size}")
+    return 0
+
+
+cdef int check_layer(const Layer *L, int cell, int G, layer, int i) except -1:
+    """That layer i's matrices and biases have the sizes its cell needs (GRU_RESET_BEFORE:
+    W_hh's r and z rows in w_hh, its n rows in w_hn; an LSTM projection in w_hr)."""
+    cdef int hh_rows = 2 * L.hidden if cell == CELL_GRU_RESET_BEFORE else G * L.hidden
+    if L.hidden < 1 or L.w_ih_p.n != G * L.hidden or L.w_hh_p.n != hh_rows:
+        raise ValueError(f"layer {i}: weight sizes do not match its {L.hidden} hidden units")
+    if (L.w_hn_p.panels != NULL) != (cell == CELL_GRU_RESET_BEFORE) or (
+            L.w_hn_p.panels != NULL and (L.w_hn_p.n != L.hidden or L.w_hn_p.k != L.out_size)):
+        raise ValueError(f"layer {i}: w_hn is GRU_RESET_BEFORE's (hidden, out_size) n rows")
+    if L.w_hr_p.panels != NULL:
+        if cell != CELL_LSTM or L.w_hr_p.n != L.out_size or L.w_hr_p.k != L.hidden:
+            raise ValueError(f"layer {i}: w_hr is an LSTM's (proj_size, hidden) projection")
+    elif L.out_size != L.hidden:
+        raise ValueError(f"layer {i}: its output size differs from its hidden size without a "
+                         "projection")
+    if (L.bias_hn != NULL) != (cell == CELL_GRU):
+        raise ValueError(f"layer {i}: bias_hn is GRU's (and GRU's only)")
+    check_size(layer.bias_x, G * L.hidden, f"layer {i} bias_x")
+    check_size(layer.bias_hn, L.hidden, f"layer {i} bias_hn")
+    if (L.w_ih != NULL) != (L.w_hh != NULL) or (L.w_hr != NULL) != (
+            L.w_ih != NULL and L.w_hr_p.panels != NULL):
+        raise ValueError(f"layer {i}: row-major copies come for every matrix or none")
+    check_size(layer.w_ih, L.w_ih_p.n * L.w_ih_p.k, f"layer {i} w_ih")
+    check_size(layer.w_hh, L.w_hh_p.n * L.w_hh_p.k, f"layer {i} w_hh")
+    check_size(layer.w_hr, L.w_hr_p.n * L.w_hr_p.k, f"layer {i} w_hr")
+    return 0
 
 
 cdef class PackedModel:
@@ -29,8 +65,9 @@ cdef class PackedModel:
         head_w: the head row-major float32 (outputs, out_last), for BLAS; or None.
         head_b: the head's bias (outputs,) float32; or None.
 
-    Raises ValueError if a layer's sizes do not chain or an array is not what the kernels
-    read (type, size, alignment).
+    Raises ValueError if a size does not fit the cell or the layers around it, or an array
+    is not what the kernels read (type, size, alignment): the kernels trust what this
+    checked.
     """
 
     def __cinit__(self):
@@ -49,6 +86,8 @@ cdef class PackedModel:
         s.layers = <Layer *> malloc(n * sizeof(Layer))
         if s.layers == NULL:
             raise MemoryError()
+        if rnn_type not in ("LSTM", "GRU", "GRU_RESET_BEFORE", "RNN_TANH", "RNN_RELU"):
+            raise ValueError(f"unknown rnn_type {rnn_type!r}")
         s.cell = cell_code(rnn_type)
         s.num_layers = n
         G = gates_of(s.cell)
@@ -69,9 +108,13 @@ cdef class PackedModel:
             L.in_size = L.w_ih_p.k
             L.hidden = layer.hidden_size
             L.out_size = L.w_hh_p.k
+            check_layer(L, s.cell, G, layer, i)
             if i > 0 and L.in_size != s.layers[i - 1].out_size:
                 raise ValueError(f"layer {i} takes {L.in_size} inputs; layer {i - 1} gives "
                                  f"{s.layers[i - 1].out_size}")
+            if i > 0 and (L.hidden, L.out_size) != (s.layers[0].hidden, s.layers[0].out_size):
+                raise ValueError("every layer must have the same hidden and output sizes "
+                                 "(the state is one (num_layers, batch, size) array)")
             s.row_major = s.row_major and L.w_ih != NULL
             s.max_width = max(s.max_width, max(L.in_size, L.out_size))
             s.max_gates = max(s.max_gates, G * L.hidden)
@@ -85,12 +128,25 @@ cdef class PackedModel:
             fill_rows(&s.emb, emb, "emb")
         if table is not None:
             fill_rows(&s.table, table, "table")
+        L = &s.layers[0]
+        if emb is not None and s.emb.width != L.in_size:
+            raise ValueError(f"the embedding has {s.emb.width} columns; layer 0 takes {L.in_size}")
+        if table is not None and s.table.width != G * L.hidden:
+            raise ValueError(f"the lookup table has {s.table.width} columns; layer 0 has "
+                             f"{G * L.hidden} gate units")
         fill_matrix(&s.head, head, "head", True)
         s.head_w = float_ptr(head_w, "head_w", True)
         s.head_b = float_ptr(head_b, "head_b", True)
         if head is not None:
+            if head.k != s.layers[n - 1].out_size:
+                raise ValueError(f"the head takes {head.k} inputs; the top layer gives "
+                                 f"{s.layers[n - 1].out_size}")
+            check_size(head_w, head.n * head.k, "head_w")
+            check_size(head_b, head.n, "head_b")
             self.step_weights += head.n * head.k
             s.row_major = s.row_major and s.head_w != NULL
+        elif head_w is not None or head_b is not None:
+            raise ValueError("head_w and head_b need a head")
         self.rnn_type = rnn_type
         self.layers, self.emb, self.table = layers, emb, table
         self.head, self.head_w, self.head_b = head, head_w, head_b

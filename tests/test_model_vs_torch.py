@@ -415,3 +415,26 @@ def test_state_of_wrong_layout_is_refused(tmp_path, rnn_type):
             bad = (bad, good[1])
         with pytest.raises(ValueError, match=r"(?i)state|shape|tuple"):
             lo.model.forward(ids, bad)
+
+
+def test_packed_model_checks_its_parts():
+    """fastlstm._packed.PackedModel is checked once, at load, and the kernels trust it: parts
+    that do not fit together are refused with a ValueError naming the part."""
+    from fastlstm._packed import PackedModel
+
+    model = fastlstm.load()
+    p = model.packed
+    parts = dict(emb=p.emb, table=p.table, head=p.head, head_w=p.head_w, head_b=p.head_b)
+    assert PackedModel(p.rnn_type, p.layers, **parts).step_weights == p.step_weights
+    with pytest.raises(ValueError, match="rnn_type"):
+        PackedModel("LSTMX", p.layers, **parts)
+    with pytest.raises(ValueError, match="hidden units"):
+        PackedModel("GRU", p.layers, **parts)  # LSTM weights: 4 gates, not 3
+    with pytest.raises(ValueError, match="head_b"):
+        PackedModel(p.rnn_type, p.layers, **{**parts, "head_b": p.head_b[:-1].copy()})
+    with pytest.raises(ValueError, match="layer 1 takes 64 inputs"):  # 64: the embedding
+        PackedModel(p.rnn_type, [p.layers[1], p.layers[0]], **parts)
+    with pytest.raises(ValueError, match="the embedding has 1536 columns; layer 0 takes 64"):
+        PackedModel(p.rnn_type, p.layers, **{**parts, "emb": p.table, "table": None})
+    with pytest.raises(ValueError, match="embedding or a lookup table, not both"):
+        PackedModel(p.rnn_type, p.layers, **{**parts, "emb": p.table})
