@@ -643,7 +643,7 @@ def test_int8_file_loads_without_a_float32_copy(tmp_path):
             peak = tracemalloc.get_traced_memory()[1] - start
         finally:
             tracemalloc.stop()
-        assert model.dtype == "int8" and getattr(model, "_table", None) is None
+        assert model.dtype == "int8" and getattr(model.packed, "table", None) is None
         size = path.stat().st_size
         report.append(f"{what}: file {size:,} bytes, peak {peak:,} ({peak / size:.2f}x)")
         assert peak < 2.5 * size, "\n".join(report)

@@ -64,14 +64,17 @@ and not forced_by_the_environment"
 # valgrind does not follow exec (no --trace-children), so they would check nothing here;
 # the bundled model's seeded text at batch 64 (64 rows x 80 tokens, float32 and int8, 1 and 2
 # threads, 1.9M parameters: 18 min alone under valgrind; the batch-1 team case stays); and
-# test_forecast's refused inputs, which never reach a kernel.
+# test_forecast's refused inputs, which never reach a kernel; and the int8 load's memory peak,
+# measured with tracemalloc, whose own traceback blocks valgrind finds lost at exit (under a
+# fastlstm frame when they record a PackedModel's allocation).
 VALGRIND_K="not bad_values and not bad_prompts and not 2051 and not test_config \
 and not test_initial_state and not test_state_is_not_modified and not test_one_dimensional_ids \
 and not greedy_continuation and not (test_layer_matches_torch and (from_torch or unbatched)) \
 and not layer_random_shapes and not draws_follow_the_distribution and not validation_loss \
 and not the_environment_variable and not forced_by_the_environment \
 and not (same_text_on_one_and_two_threads and 64) and not bad_series and not bad_steps \
-and not bad_states and not bad_forecaster and not tensors_are_checked and not bad_csv"
+and not bad_states and not bad_forecaster and not tensors_are_checked and not bad_csv \
+and not without_a_float32_copy"
 # The kernel paths exercise_kernels.py runs under valgrind (those of them this CPU has).
 VALGRIND_ISA="${VALGRIND_ISA:-avx2 portable}"
 
