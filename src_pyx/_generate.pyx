@@ -78,8 +78,8 @@ cdef enum:
 
 
 cdef struct Run:
-    const Stack *model       # the weights (fastlstm._packed.PackedModel)
-    int num_layers, batch, vocab, max_new
+    const Stack *model       # the weights (fastlstm._packed.PackedModel); vocab = model.head.n
+    int batch, max_new
     SamplingParams params
     # Per slot (slot s holds row order[s]):
     float *h                 # (num_layers, batch, out_size)
@@ -128,7 +128,7 @@ cdef inline void swap_slots(Run *run, int a, int b, float *tmp) noexcept nogil:
     cdef int64_t t
     cdef float *pa
     cdef float *pb
-    for l in range(run.num_layers):
+    for l in range(run.model.num_layers):
         n = run.model.layers[l].out_size
         pa = run.h + (<size_t> l * run.batch + a) * n
         pb = run.h + (<size_t> l * run.batch + b) * n
@@ -161,9 +161,10 @@ cdef bint scratch_alloc(Scratch *s, const Run *run, int rows) noexcept nogil:
     s.xw = <float *> malloc(<size_t> rows * gw * sizeof(float))
     s.hw = <float *> malloc(<size_t> rows * gw * sizeof(float))
     s.hfull = <float *> malloc(<size_t> rows * hid * sizeof(float))
-    s.logits = <float *> malloc(<size_t> rows * run.vocab * sizeof(float))
-    s.scores = <float *> malloc(<size_t> run.vocab * sizeof(float))
-    s.cand = <Candidate *> malloc(<size_t> run.vocab * sizeof(Candidate))
+    cdef int V = run.model.head.n
+    s.logits = <float *> malloc(<size_t> rows * V * sizeof(float))
+    s.scores = <float *> malloc(<size_t> V * sizeof(float))
+    s.cand = <Candidate *> malloc(<size_t> V * sizeof(Candidate))
     s.done = <uint8_t *> malloc(<size_t> rows)
     if s.x and s.xw and s.hw and s.hfull and s.logits and s.scores and s.cand and s.done:
         return True
@@ -205,7 +206,7 @@ cdef void step_stack(const Run *run, int begin, int n, Scratch *s, const Team *t
 cdef int sample_and_record(Run *run, int begin, int n, Scratch *s) noexcept nogil:
     """Sample the next token of each running slot from s.logits, record it, and mark in
     s.done the rows that stop.  Returns OK, or NAN_LOGITS."""
-    cdef int i, V = run.vocab
+    cdef int i, V = run.model.head.n
     cdef int64_t row, token
     for i in range(n):
         row = run.order[begin + i]
@@ -248,7 +249,7 @@ cdef int decode_step(Run *run, int begin, int *n_active, Scratch *s, const Team 
     step_stack(run, begin, n, s, team)
     # Head: logits := h_top . W_head^T + b_head
     head_product(m, False, team, n, run.h + (<size_t> (m.num_layers - 1) * run.batch + begin) * top.out_size,
-                 top.out_size, s.logits, run.vocab)
+                 top.out_size, s.logits, m.head.n)
     sync(team)
     if team.tid == 0:
         status = sample_and_record(run, begin, n, s)
@@ -331,8 +332,7 @@ cdef class DecodeState:
     """
     cdef Run run
     cdef readonly PackedModel model
-    cdef readonly object order    # (rows,) int64: slot -> row
-    cdef object arrays
+    cdef object arrays            # every array run points into, kept alive
     cdef int[::1] slot_begin
     cdef int[::1] n_active
     cdef readonly int team_size
@@ -368,12 +368,10 @@ cdef class DecodeState:
         if last.min() < 0 or last.max() >= m.head.n:
             raise ValueError("the tokens to feed first must be ids of the vocabulary")
         self.model = model
-        self.order = np.arange(rows, dtype=np.int64)
-        cdef int64_t[::1] order_v = self.order
+        order = np.arange(rows, dtype=np.int64)  # slot -> row
+        cdef int64_t[::1] order_v = order
         run.model = m
-        run.num_layers = m.num_layers
         run.batch = rows
-        run.vocab = m.head.n
         run.max_new = out_v.shape[1]
         run.h = <float *> float_ptr(h, "h")
         run.c = <float *> float_ptr(c, "c", True)
@@ -385,7 +383,7 @@ cdef class DecodeState:
         run.seen = NULL
         if seen is not None:
             seen_v = seen
-            if seen_v.shape[0] != rows or seen_v.shape[1] != run.vocab:
+            if seen_v.shape[0] != rows or seen_v.shape[1] != m.head.n:
                 raise ValueError("seen must be (rows, vocab)")
             run.seen = &seen_v[0, 0]
         run.seed = &seed_v[0]
@@ -398,7 +396,8 @@ cdef class DecodeState:
         self.slot_begin = slot_begin
         self.n_active = n_active
         self.team_size = team_size
-        self.arrays = (h, c, last, out, length, finish, seen, seed, stream, eos, stops, stop_end)
+        self.arrays = (h, c, last, order, out, length, finish, seen, seed, stream, eos, stops,
+                       stop_end)
 
     @property
     def done(self) -> bool:
@@ -429,7 +428,7 @@ def decode(PackedModel model, DecodeState state, params, int steps, bint watch_s
     if state.model is not model:
         raise ValueError("this decode state belongs to another model")
     run.params.temperature = params.temperature
-    run.params.top_k = params.top_k if params.top_k < run.vocab else 0
+    run.params.top_k = params.top_k if params.top_k < model.stack.head.n else 0
     run.params.top_p = params.top_p
     run.params.min_p = params.min_p
     run.params.repetition_penalty = params.repetition_penalty

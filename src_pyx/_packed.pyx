@@ -155,15 +155,6 @@ cdef class PackedModel:
         free(self.stack.layers)
 
     @property
-    def num_layers(self) -> int:
-        return self.stack.num_layers
-
-    @property
-    def outputs(self) -> int:
-        """The head's outputs (the vocabulary, or a forecaster's features); 0 without a head."""
-        return self.stack.head.n if self.stack.head.panels != NULL else 0
-
-    @property
     def row_major(self) -> bool:
         """Whether every weight is also held row-major in float32, so BLAS may multiply
         (float32 models on CPUs without matmul.h's vector paths)."""

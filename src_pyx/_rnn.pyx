@@ -53,8 +53,7 @@ cdef struct Job:
     const int64_t *ids
     # Output: y (batch, steps, out_last), or logits (batch, steps, vocab) through the head.
     float *y
-    float *logits
-    int vocab
+    float *logits          # (batch, steps, model.head.n)
     # State, read as the initial state and overwritten with the final one.
     float *h               # (num_layers, batch, out_size)
     float *c               # (num_layers, batch, hidden)   LSTM only
@@ -128,7 +127,7 @@ cdef void write_output(const Job *job, int b0, int nb, int t0, int tc, const flo
     contiguous in the logits), or one per step (its rows are steps * vocab apart in the
     caller's logits)."""
     cdef const Stack *m = job.model
-    cdef int r, st, T = job.steps, V = job.vocab
+    cdef int r, st, T = job.steps, V = m.head.n
     cdef int width = m.layers[m.num_layers - 1].out_size
     cdef bint blas = job.blas and team.size == 1
     if job.logits != NULL and tc >= nb:
@@ -332,7 +331,6 @@ def forward(PackedModel model, *, h, c=None, x=None, ids=None, y=None, logits=No
         job.batch, job.steps = x.shape[0], x.shape[1]
     else:
         raise ValueError("forward needs x or ids")
-    job.vocab = logits.shape[2] if logits is not None else 0
 
     with nogil:
         failed = run_split(&job, job.batch, num_threads, rows_alone, rows_team)
@@ -364,7 +362,6 @@ def prefill(PackedModel model, *, ids, offsets, h, c=None, int num_threads=1):
     base.blas = False  # matmul.h for every precision: the same bits for any thread count
     base.y = NULL
     base.logits = NULL
-    base.vocab = 0
     cdef float *h_all = <float *> float_ptr(h, "h")
     cdef float *c_all = <float *> float_ptr(c, "c", True)
     cdef int h_stride = h.shape[1] * h.shape[2], c_stride = c.shape[1] * c.shape[2] if c is not None else 0

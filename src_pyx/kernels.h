@@ -24,29 +24,22 @@ static const fl_kernel_table fl_kernels_portable = {
 };
 
 #if FL_HAVE_X86_PATHS
-#define FL_VECTOR_GATES                                                                         \
-    .lstm_units = fl_lstm_avx2, .gru_units = fl_gru_avx2, .tanh_units = fl_tanh_avx2,           \
-    .gru_rb_reset_units = fl_gru_rb_reset_avx2, .gru_rb_update_units = fl_gru_rb_update_avx2,   \
-    .exp_scaled_units = fl_exp_scaled_avx2
+/* The vector paths: the AVX2 float tiles (they reach Zen 4's FMA peak at 256 bits), row
+ * gathers and gate loops, with the int8 products of the path's instruction set. */
+#define FL_VECTOR_PATH(ISA, I8_QUANTIZE_ROW, I8_BLOCK)                                          \
+    {                                                                                           \
+        .isa = ISA, .matmul_float = fl_matmul_avx2, .i8_quantize_row = I8_QUANTIZE_ROW,         \
+        .i8_block = I8_BLOCK, .gather_rows = fl_gather_rows_avx2, .lstm_units = fl_lstm_avx2,   \
+        .gru_units = fl_gru_avx2, .tanh_units = fl_tanh_avx2,                                   \
+        .gru_rb_reset_units = fl_gru_rb_reset_avx2,                                             \
+        .gru_rb_update_units = fl_gru_rb_update_avx2, .exp_scaled_units = fl_exp_scaled_avx2,   \
+    }
 
-static const fl_kernel_table fl_kernels_avx2 = {
-    .isa = FL_ISA_AVX2,
-    .matmul_float = fl_matmul_avx2,
-    .i8_quantize_row = fl_i8_quantize_row_for_avx2,
-    .i8_block = fl_i8_block_tiles_avx2,
-    .gather_rows = fl_gather_rows_avx2,
-    FL_VECTOR_GATES,
-};
-
-static const fl_kernel_table fl_kernels_avx512 = {
-    .isa = FL_ISA_AVX512,
-    .matmul_float = fl_matmul_avx2, /* the float tiles reach Zen 4's FMA peak at 256 bits */
-    .i8_quantize_row = fl_i8_quantize_row_for_vnni,
-    .i8_block = fl_i8_block_tiles_vnni,
-    .gather_rows = fl_gather_rows_avx2,
-    FL_VECTOR_GATES,
-};
-#undef FL_VECTOR_GATES
+static const fl_kernel_table fl_kernels_avx2 =
+    FL_VECTOR_PATH(FL_ISA_AVX2, fl_i8_quantize_row_for_avx2, fl_i8_block_tiles_avx2);
+static const fl_kernel_table fl_kernels_avx512 =  /* int8 on AVX512-VNNI's vpdpbusd */
+    FL_VECTOR_PATH(FL_ISA_AVX512, fl_i8_quantize_row_for_vnni, fl_i8_block_tiles_vnni);
+#undef FL_VECTOR_PATH
 #endif
 
 static const fl_kernel_table *fl_kernels = &fl_kernels_portable;
